@@ -1,0 +1,229 @@
+"""The multi-task data module: loads and tokenizes every task, mixes them for training."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from datasets import Dataset
+from datasets.fingerprint import Hasher
+from jsonargparse import lazy_instance
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from mtlkit.data.batching import (
+    BatchMode,
+    EvalBatchSampler,
+    MultiTaskBatchSampler,
+    MultiTaskCollator,
+    MultiTaskDataset,
+)
+from mtlkit.data.sampling import Proportional, SamplingStrategy
+from mtlkit.errors import ConfigError, DataError
+from mtlkit.paths import resolve_path
+from mtlkit.tasks.base import Task
+
+_KEEP = ("input_ids", "attention_mask", "token_type_ids", "labels", "length")
+
+
+class MultiTaskDataModule(L.LightningDataModule):
+    """Mixes several tasks' datasets into one stream of training steps.
+
+    Args:
+        tasks: The tasks (written once here and linked into the model by the CLI).
+        tokenizer: Tokenizer folder, ``pkg:<package>/<folder>`` or hub name.
+        sampling: How often each task is drawn (proportional, uniform, temperature, annealed).
+        batch_mode: ``homogeneous`` (one task per step) or ``mixed`` (several tasks per step,
+            one sub-batch each; needed by methods that use every task's loss each step).
+        batch_size: Training examples per step (per process).
+        eval_batch_size: Examples per validation/test batch (default: ``2 * batch_size``).
+        steps_per_epoch: Training steps per epoch; default: total train examples / global batch.
+        group_by_length: Draw examples of similar length together to cut padding.
+        max_train_examples: Deterministic cap on each task's train split (quick runs).
+        max_eval_examples: Deterministic cap on each task's validation and test splits.
+        num_workers: DataLoader worker processes.
+        seed: Seed of the task and example order.
+        cache_dir: Where tokenized splits are cached (``None`` disables the cache).
+    """
+
+    def __init__(
+        self,
+        tasks: list[Task],
+        tokenizer: str,
+        sampling: SamplingStrategy = lazy_instance(Proportional),
+        batch_mode: BatchMode = "homogeneous",
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        steps_per_epoch: int | None = None,
+        group_by_length: bool = False,
+        max_train_examples: int | None = None,
+        max_eval_examples: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str | None = ".mtlkit_cache",
+    ) -> None:
+        super().__init__()
+        if not tasks:
+            raise ConfigError("MultiTaskDataModule needs at least one task")
+        names = [t.name for t in tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"duplicate task names {dupes}: every task needs its own name")
+        if batch_mode not in ("homogeneous", "mixed"):
+            raise ConfigError(f"batch_mode must be 'homogeneous' or 'mixed', got {batch_mode!r}")
+        if not isinstance(sampling, SamplingStrategy):
+            raise ConfigError(f"sampling must be a SamplingStrategy, got {type(sampling).__name__}")
+        self.tasks = list(tasks)
+        self.tokenizer_path = tokenizer
+        self.sampling, self.batch_mode = sampling, batch_mode
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.group_by_length = group_by_length
+        self.max_train_examples, self.max_eval_examples = max_train_examples, max_eval_examples
+        self.num_workers, self.seed = num_workers, seed
+        self.cache_dir = cache_dir
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.splits: dict[str, dict[str, Dataset]] = {}
+        self.train_sampler: MultiTaskBatchSampler | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    # -------------------------------------------------------------- set-up
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(resolve_path(self.tokenizer_path))
+        if not self.splits:
+            self.splits = {t.name: self._prepare_task(t) for t in self.tasks}
+        if stage in (None, "fit") and self.train_sampler is None:
+            self.train_sampler = self._build_train_sampler()
+            if self._pending_state is not None:
+                self.train_sampler.load_state_dict(self._pending_state)
+
+    def _prepare_task(self, task: Task) -> dict[str, Dataset]:
+        raw = task.load()
+        out = {}
+        for split, ds in raw.items():
+            cap = self.max_train_examples if split == "train" else self.max_eval_examples
+            if cap is not None and len(ds) > cap:
+                ds = ds.shuffle(seed=self.seed).select(range(cap))
+            out[split] = self._tokenize(task, split, ds)
+        if len(out["train"]) == 0:
+            raise DataError(f"task {task.name!r}: no training examples left after filtering")
+        return out
+
+    def _tokenize(self, task: Task, split: str, ds: Dataset) -> Dataset:
+        tokenizer = self.tokenizer
+        assert tokenizer is not None
+
+        def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            enc = task.tokenize(batch, tokenizer)
+            enc["length"] = [len(ids) for ids in enc["input_ids"]]
+            return enc
+
+        kwargs: dict[str, Any] = {}
+        if self.cache_dir is not None:
+            key = Hasher.hash([ds._fingerprint, task.fingerprint(), _tokenizer_key(tokenizer)])
+            folder = Path(self.cache_dir) / task.name
+            folder.mkdir(parents=True, exist_ok=True)
+            kwargs["cache_file_name"] = str(folder / f"{split}-{key}.arrow")
+        tokenized = ds.map(
+            encode, batched=True, remove_columns=ds.column_names, desc=f"{task.name}/{split}",
+            **kwargs,
+        )
+        return tokenized.with_format(None, columns=[c for c in _KEEP if c in tokenized.column_names])
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _build_train_sampler(self) -> MultiTaskBatchSampler:
+        rank, world = self._world()
+        sizes = [len(self.splits[n]["train"]) for n in self.task_names]
+        steps = self.steps_per_epoch or max(1, math.ceil(sum(sizes) / (self.batch_size * world)))
+        lengths = None
+        if self.group_by_length:
+            lengths = [np.asarray(self.splits[n]["train"]["length"]) for n in self.task_names]
+        return MultiTaskBatchSampler(
+            self.task_names, sizes, self.sampling, self.batch_size, self.batch_mode, steps,
+            total_steps=self._total_steps(steps), seed=self.seed, lengths=lengths,
+            rank=rank, world_size=world,
+        )
+
+    def _total_steps(self, steps_per_epoch: int) -> int:
+        trainer = self.trainer
+        if trainer is None:
+            return steps_per_epoch
+        if trainer.max_steps and trainer.max_steps > 0:
+            return trainer.max_steps
+        return steps_per_epoch * max(trainer.max_epochs or 1, 1)
+
+    # --------------------------------------------------------- dataloaders
+    def _collator(self) -> MultiTaskCollator:
+        assert self.tokenizer is not None
+        return MultiTaskCollator(self.tasks, int(self.tokenizer.pad_token_id or 0))
+
+    def _loader(self, datasets: dict[str, Dataset], batch_sampler: Any) -> DataLoader:
+        return DataLoader(
+            MultiTaskDataset(datasets),  # type: ignore[arg-type]
+            batch_sampler=batch_sampler,
+            collate_fn=self._collator(),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_sampler is None:
+            self.setup("fit")
+        datasets = {n: self.splits[n]["train"] for n in self.task_names}
+        return self._loader(datasets, self.train_sampler)
+
+    def _eval_loaders(self, split: str) -> list[DataLoader]:
+        rank, world = self._world()
+        loaders = []
+        for name in self.task_names:
+            ds = self.splits[name].get(split)
+            if ds is None or len(ds) == 0:
+                raise DataError(f"task {name!r} has no {split!r} split to evaluate on")
+            lengths = np.asarray(ds["length"])
+            sampler = EvalBatchSampler(name, lengths, self.eval_batch_size, rank, world)
+            loaders.append(self._loader({name: ds}, sampler))
+        return loaders
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("validation")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    # ---------------------------------------------------- resumable state
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.train_sampler is not None and batch.get("step") is not None:
+            self.train_sampler.mark_consumed(batch["epoch"], batch["step"])
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.train_sampler.state_dict()} if self.train_sampler else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "sampler" not in state_dict:
+            return
+        if self.train_sampler is None:
+            self._pending_state = state_dict["sampler"]
+        else:
+            self.train_sampler.load_state_dict(state_dict["sampler"])
+
+
+def _tokenizer_key(tokenizer: PreTrainedTokenizerBase) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return Hasher.hash([type(tokenizer).__name__, body])

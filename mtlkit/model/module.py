@@ -1,0 +1,229 @@
+"""The multi-task LightningModule: one shared encoder, one head per task, a weighting method."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from mtlkit.errors import ConfigError
+from mtlkit.model.encoder import HFEncoder
+from mtlkit.model.pooling import Pooling, pool
+from mtlkit.optim import LinearWarmupDecay, adamw
+from mtlkit.tasks.base import Task
+from mtlkit.weighting import EqualWeighting, StepContext, Weighting
+
+SchedulerCallable = Callable[[Optimizer, int], LRScheduler]
+TaskOutput = dict[str, Tensor]
+
+
+class MultiTaskModule(L.LightningModule):
+    """Hard parameter sharing: a shared encoder under per-task heads.
+
+    Args:
+        encoder: The shared encoder.
+        tasks: The tasks (linked from the data module by the CLI; the same objects).
+        weighting: Combines per-task losses into the training objective.
+        pooling: Sentence representation for sequence-level heads: ``cls`` or ``mean``.
+        dropout: Dropout before each head.
+        optimizer: Builds the optimizer from parameter groups (default AdamW, lr 5e-5).
+        lr_scheduler: Builds a per-step scheduler from ``(optimizer, total_steps)``.
+        head_lr: Learning rate of the heads (default: the optimizer's).
+    """
+
+    def __init__(
+        self,
+        encoder: HFEncoder,
+        tasks: list[Task],
+        weighting: Weighting = lazy_instance(EqualWeighting),
+        pooling: Pooling = "mean",
+        dropout: float = 0.1,
+        optimizer: OptimizerCallable = adamw,
+        lr_scheduler: SchedulerCallable | None = LinearWarmupDecay,
+        head_lr: float | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ConfigError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.save_hyperparameters(ignore=["encoder", "tasks", "weighting"])
+        self.encoder = encoder
+        self.tasks = {t.name: t for t in tasks}
+        if len(self.tasks) != len(tasks):
+            raise ConfigError(f"duplicate task names in {[t.name for t in tasks]}")
+        self.weighting = weighting
+        self.weighting.setup(self.task_names)
+        self.pooling, self.dropout = pooling, dropout
+        self.optimizer_fn, self.scheduler_fn, self.head_lr = optimizer, lr_scheduler, head_lr
+        self.heads = nn.ModuleDict()
+        self.metrics = nn.ModuleDict()
+        if all(t.is_ready for t in tasks):
+            self.configure_model()
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    def configure_model(self) -> None:
+        """Builds heads and metrics once label metadata is known (after data set-up)."""
+        for name, task in self.tasks.items():
+            if name in self.heads:
+                continue
+            if not task.is_ready:
+                raise ConfigError(
+                    f"task {name!r} has unresolved labels; set num_labels or set up the data first"
+                )
+            self.heads[name] = task.build_head(self.encoder.hidden_size, self.dropout)
+            for split in ("val", "test"):
+                self.metrics[f"{split}_{name}"] = task.build_metrics()
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        if self.weighting.needs_all_tasks and getattr(datamodule, "batch_mode", None) != "mixed":
+            raise ConfigError(
+                f"{type(self.weighting).__name__} needs every task's loss in every step; "
+                "set data.batch_mode: mixed"
+            )
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None and len(tokenizer) > self.encoder.vocab_size:
+            raise ConfigError(
+                f"the tokenizer has {len(tokenizer)} tokens but the encoder's embedding has "
+                f"{self.encoder.vocab_size}: tokenizer and encoder do not match"
+            )
+
+    # ------------------------------------------------------------ forward
+    def encode(self, sub_batches: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Runs the encoder once over all sub-batches; returns each task's token states."""
+        names = list(sub_batches)
+        width = max(b["input_ids"].shape[1] for b in sub_batches.values())
+
+        def cat(key: str) -> Tensor | None:
+            if not all(key in sub_batches[n] for n in names):
+                return None
+            parts = [sub_batches[n][key] for n in names]
+            return torch.cat([nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+
+        hidden = self.encoder(cat("input_ids"), cat("attention_mask"), cat("token_type_ids"))
+        sizes = [sub_batches[n]["input_ids"].shape[0] for n in names]
+        return {
+            n: h[:, : sub_batches[n]["input_ids"].shape[1]]
+            for n, h in zip(names, hidden.split(sizes), strict=True)
+        }
+
+    def forward(self, sub_batches: dict[str, dict[str, Tensor]]) -> dict[str, TaskOutput]:
+        """Head outputs (``logits``) and head inputs (``features``) for every task present."""
+        out = {}
+        for name, hidden in self.encode(sub_batches).items():
+            task = self.tasks[name]
+            mask = sub_batches[name]["attention_mask"]
+            features = hidden if task.level == "token" else pool(hidden, mask, self.pooling)
+            out[name] = {"features": features, "logits": self.heads[name](features)}
+        return out
+
+    # ----------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        subs = batch["tasks"]
+        outputs = self(subs)
+        losses = {
+            n: self.tasks[n].loss(o["logits"], subs[n]["labels"]) * self.tasks[n].loss_weight
+            for n, o in outputs.items()
+        }
+        self._check_finite(losses)
+        ctx = StepContext(
+            step=self.global_step,
+            task_names=self.task_names,
+            shared_parameters=lambda: [p for p in self.encoder.parameters() if p.requires_grad],
+            representations={n: o["features"] for n, o in outputs.items()},
+        )
+        combined = self.weighting(losses, ctx)
+        n_examples = sum(int(s["input_ids"].shape[0]) for s in subs.values())
+        for name, loss in losses.items():
+            self.log(f"train/{name}/loss", loss.detach(), batch_size=subs[name]["input_ids"].shape[0])
+            self.log(f"train/{name}/weight", combined.weights[name].detach(), batch_size=1)
+        self.log("train/loss", combined.loss.detach(), prog_bar=True, batch_size=n_examples)
+        return combined.loss
+
+    def _check_finite(self, losses: dict[str, Tensor]) -> None:
+        bad = [n for n, loss in losses.items() if not torch.isfinite(loss)]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite loss for task(s) {bad} at step {self.global_step}; "
+                "lower the learning rate or check the targets"
+            )
+
+    # --------------------------------------------------------- evaluation
+    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+        subs = batch["tasks"]
+        for name, out in self(subs).items():
+            task, labels = self.tasks[name], subs[name]["labels"]
+            self.metrics[f"{split}_{name}"].update(*task.metric_inputs(out["logits"], labels))
+            loss = task.loss(out["logits"], labels)
+            self.log(f"{split}/{name}/loss", loss, batch_size=labels.shape[0], add_dataloader_idx=False)
+
+    def _eval_epoch_end(self, split: str) -> None:
+        primaries = []
+        for name, task in self.tasks.items():
+            metrics = self.metrics[f"{split}_{name}"]
+            values = metrics.compute()
+            metrics.reset()
+            for metric, value in values.items():
+                self.log(f"{split}/{name}/{metric}", value.float(), add_dataloader_idx=False)
+            primaries.append(values[task.primary_metric].float())
+        self.log(f"{split}/mean", torch.stack(primaries).mean(), add_dataloader_idx=False)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
+        subs = batch["tasks"]
+        return {
+            name: self.tasks[name].metric_inputs(out["logits"], subs[name]["labels"])[0].cpu()
+            for name, out in self(subs).items()
+        }
+
+    # ---------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> Any:
+        groups: list[dict[str, Any]] = [
+            {"params": [p for p in self.encoder.parameters() if p.requires_grad], "name": "encoder"}
+        ]
+        heads = {"params": list(self.heads.parameters()), "name": "heads"}
+        if self.head_lr is not None:
+            heads["lr"] = self.head_lr
+        groups.append(heads)
+        groups.extend(self.weighting.parameter_groups())
+        optimizer = self.optimizer_fn([g for g in groups if g["params"]])
+        if self.scheduler_fn is None:
+            return optimizer
+        scheduler = self.scheduler_fn(optimizer, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mtlkit_tasks"] = {n: t.head_state() for n, t in self.tasks.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("mtlkit_tasks", {})
+        missing = sorted(set(self.tasks) - set(saved))
+        if saved and missing:
+            raise ConfigError(f"checkpoint has no heads for task(s) {missing}; it has {sorted(saved)}")
+        for name, state in saved.items():
+            if name in self.tasks:
+                self.tasks[name].load_head_state(state)
+        self.configure_model()

@@ -1,0 +1,121 @@
+"""Helpers shared by task types to read and check class labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from datasets import ClassLabel, DatasetDict, LargeList, Sequence
+
+from mtlkit.errors import DataError
+
+
+def class_label_feature(data: DatasetDict, column: str) -> ClassLabel | None:
+    """The ``ClassLabel`` of ``column`` (or of its elements, for sequence columns), if any."""
+    feature = data["train"].features[column]
+    if isinstance(feature, Sequence | list):
+        feature = feature.feature if isinstance(feature, Sequence) else feature[0]
+    return feature if isinstance(feature, ClassLabel) else None
+
+
+def encode_string_labels(data: DatasetDict, column: str, task: str) -> tuple[DatasetDict, list[str]]:
+    """Maps string labels to ids using the sorted label set of the train split."""
+    names = sorted({str(v) for v in data["train"][column]})
+    index = {n: i for i, n in enumerate(names)}
+    for split, ds in data.items():
+        unknown = {str(v) for v in ds[column]} - index.keys()
+        if unknown:
+            raise DataError(
+                f"task {task!r}: split {split!r} has labels not seen in train: {sorted(unknown)[:5]}"
+            )
+    data = data.map(lambda b: {column: [index[str(v)] for v in b[column]]}, batched=True)
+    return data, names
+
+
+def resolve_num_labels(
+    data: DatasetDict, column: str, task: str, given: int | None, names: list[str] | None
+) -> tuple[int, list[str] | None]:
+    """num_labels from the data's ``ClassLabel`` (or string labels) and/or the config; checked."""
+    feature = class_label_feature(data, column)
+    if feature is not None:
+        names = list(feature.names)
+    if names is not None:
+        if given is not None and given != len(names):
+            raise DataError(
+                f"task {task!r}: num_labels={given} disagrees with the data, which has "
+                f"{len(names)} classes {names[:10]}"
+            )
+        return len(names), names
+    if given is None:
+        top = max(int(np.max(flat_labels(ds, column), initial=-1)) for ds in data.values())
+        raise DataError(
+            f"task {task!r}: column {column!r} has integer labels without a ClassLabel feature; "
+            f"set num_labels (the largest label seen is {top}, so probably num_labels: {top + 1})"
+        )
+    return given, None
+
+
+def flat_labels(ds, column: str) -> np.ndarray:
+    """All label values of a column (flattened for sequence columns), as an array."""
+    values = ds.with_format("numpy")[column] if len(ds) else np.zeros(0)
+    if len(values) and isinstance(values[0], np.ndarray | list):
+        values = np.concatenate([np.asarray(v).ravel() for v in values]) if len(values) else values
+    return np.asarray(values)
+
+
+def check_label_range(data: DatasetDict, column: str, task: str, num_labels: int) -> None:
+    """Every label must be an integer in ``[0, num_labels)``."""
+    for split, ds in data.items():
+        values = flat_labels(ds, column)
+        if values.size == 0:
+            continue
+        if not np.issubdtype(values.dtype, np.integer):
+            raise DataError(
+                f"task {task!r}: split {split!r} column {column!r} holds {values.dtype} values, "
+                "expected integer class ids"
+            )
+        bad = values[(values < 0) | (values >= num_labels)]
+        if bad.size:
+            raise DataError(
+                f"task {task!r}: split {split!r} has label {int(bad[0])} outside "
+                f"[0, {num_labels}) ({bad.size} such labels); check num_labels or the data"
+            )
+
+
+def list_element_feature(data: DatasetDict, column: str) -> Any | None:
+    """The element feature of a list column in the train split; ``None`` if it is no list."""
+    feature = data["train"].features[column]
+    if isinstance(feature, Sequence | LargeList):
+        return feature.feature
+    return feature[0] if isinstance(feature, list) else None
+
+
+def encode_string_label_lists(
+    data: DatasetDict, column: str, task: str, names: list[str] | None = None
+) -> tuple[DatasetDict, list[str]]:
+    """Maps a column of string-label lists (tags, label sets) to id lists.
+
+    Args:
+        data: The splits.
+        column: Column whose rows are lists of strings.
+        task: Task name for error messages.
+        names: Id order to use; the sorted label set of the train split when omitted.
+
+    Returns:
+        The mapped splits and the label names (index = id).
+    """
+    where = "label_names" if names is not None else "train"
+    if names is None:
+        names = sorted({str(v) for row in data["train"][column] for v in row})
+    index = {n: i for i, n in enumerate(names)}
+    for split, ds in data.items():
+        unknown = {str(v) for row in ds[column] for v in row} - index.keys()
+        if unknown:
+            raise DataError(
+                f"task {task!r}: split {split!r} has labels not seen in {where}: "
+                f"{sorted(unknown)[:5]}"
+            )
+    mapped = data.map(
+        lambda b: {column: [[index[str(v)] for v in row] for row in b[column]]}, batched=True
+    )
+    return mapped, list(names)

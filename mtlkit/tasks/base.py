@@ -1,0 +1,155 @@
+"""The task contract: data + head + loss + metrics.
+
+A task owns how its examples are read and tokenized, its head, its loss and its metrics. The data
+module and the model stay generic over tasks: they only call the methods below.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+import torch
+from datasets import DatasetDict
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from transformers import PreTrainedTokenizerBase
+
+from mtlkit.data.sources import DataSource
+from mtlkit.errors import DataError
+
+IGNORE_INDEX = -100
+
+
+class Task(ABC):
+    """Base class of all task types.
+
+    Args:
+        name: Unique task name; used in metric names (``val/<name>/<metric>``) and head keys.
+        source: Where the examples come from.
+        text_column: Column holding the (first) text.
+        label_column: Column holding the target.
+        max_length: Truncation length in tokens.
+        loss_weight: Static multiplier applied to this task's loss before loss weighting.
+    """
+
+    #: ``"sequence"`` heads get a pooled vector; ``"token"`` heads get every token state.
+    level: ClassVar[Literal["sequence", "token"]] = "sequence"
+    #: Metric used for the mean over tasks and for model selection (higher is better).
+    primary_metric: ClassVar[str]
+
+    def __init__(
+        self,
+        name: str,
+        source: DataSource,
+        text_column: str = "text",
+        label_column: str = "label",
+        max_length: int = 128,
+        loss_weight: float = 1.0,
+    ) -> None:
+        if not name or "/" in name:
+            raise DataError(f"task name must be non-empty and contain no '/': {name!r}")
+        self.name = name
+        self.source = source
+        self.text_column = text_column
+        self.label_column = label_column
+        self.max_length = max_length
+        self.loss_weight = loss_weight
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    # ----------------------------------------------------------------- data
+    def required_columns(self) -> list[str]:
+        """Columns every split must have."""
+        return [self.text_column, self.label_column]
+
+    def load(self) -> DatasetDict:
+        """Loads, validates and prepares the raw splits (labels resolved, columns checked)."""
+        data = self.source.load()
+        for split, ds in data.items():
+            missing = [c for c in self.required_columns() if c not in ds.column_names]
+            if missing:
+                raise DataError(
+                    f"task {self.name!r}: split {split!r} has no column(s) {missing}; "
+                    f"available columns: {ds.column_names}"
+                )
+            if len(ds) == 0 and split in ("train", "validation"):
+                raise DataError(f"task {self.name!r}: split {split!r} is empty")
+        return self.prepare(data)
+
+    @abstractmethod
+    def prepare(self, data: DatasetDict) -> DatasetDict:
+        """Checks targets (types, ranges) and resolves label metadata such as ``num_labels``."""
+
+    @abstractmethod
+    def tokenize(self, batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase) -> dict:
+        """Turns a batch of raw rows into ``input_ids``/``attention_mask``/``labels`` lists."""
+
+    def fingerprint(self) -> str:
+        """Everything that changes tokenization; part of the tokenization cache key."""
+        return repr(
+            (type(self).__name__, self.text_column, self.label_column, self.max_length)
+        )
+
+    def collate(self, rows: dict[str, list[Any]], pad_token_id: int) -> dict[str, Tensor]:
+        """Pads one task's sub-batch to its own longest sequence (dynamic padding)."""
+        ids = rows["input_ids"]
+        width = max(len(x) for x in ids)
+        out = {
+            "input_ids": _pad(ids, width, pad_token_id),
+            "attention_mask": _pad(rows["attention_mask"], width, 0),
+        }
+        if "token_type_ids" in rows:
+            out["token_type_ids"] = _pad(rows["token_type_ids"], width, 0)
+        out["labels"] = self.collate_labels(rows["labels"], width)
+        return out
+
+    def collate_labels(self, labels: list[Any], width: int) -> Tensor:
+        """Stacks targets; token-level tasks override this to pad."""
+        return torch.tensor(labels)
+
+    # ---------------------------------------------------------------- model
+    @abstractmethod
+    def build_head(self, hidden_size: int, dropout: float) -> nn.Module:
+        """The task-specific output layer(s)."""
+
+    @abstractmethod
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Scalar training loss of one sub-batch."""
+
+    @abstractmethod
+    def build_metrics(self) -> MetricCollection:
+        """Fresh metric objects (one collection per split)."""
+
+    def metric_inputs(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Turns head outputs and targets into the ``(preds, target)`` the metrics take."""
+        return logits.detach(), labels
+
+    def head_state(self) -> dict[str, Any]:
+        """Label metadata needed to rebuild the head (saved in checkpoints)."""
+        return {}
+
+    def load_head_state(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`head_state`."""
+
+    @property
+    def is_ready(self) -> bool:
+        """Whether the head can be built (label metadata known)."""
+        return True
+
+
+def _pad(seqs: list[list[int]], width: int, value: int) -> Tensor:
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        out[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    return out
+
+
+def text_inputs(
+    task: Task, batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, pair: str | None
+) -> dict[str, list[Any]]:
+    """Tokenizes a text column (and an optional pair column) without padding."""
+    first = [str(t) for t in batch[task.text_column]]
+    second = [str(t) for t in batch[pair]] if pair else None
+    return dict(tokenizer(first, second, truncation=True, max_length=task.max_length))

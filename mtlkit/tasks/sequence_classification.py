@@ -1,0 +1,108 @@
+"""Single-sentence and sentence-pair classification."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from datasets import DatasetDict
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from transformers import PreTrainedTokenizerBase
+
+from mtlkit.data.sources import DataSource
+from mtlkit.errors import DataError
+from mtlkit.tasks._labels import check_label_range, encode_string_labels, resolve_num_labels
+from mtlkit.tasks.base import Task, text_inputs
+
+
+class SequenceClassification(Task):
+    """One label per text (or text pair); cross-entropy; accuracy and macro-F1.
+
+    Args:
+        name: Task name.
+        source: Data source.
+        text_column: Column of the (first) text.
+        text_pair_column: Column of the second text for sentence-pair tasks.
+        label_column: Column of the class id (``ClassLabel``, int or string).
+        num_labels: Number of classes; read from a ``ClassLabel`` feature when omitted.
+        max_length: Truncation length in tokens.
+        loss_weight: Static multiplier of this task's loss.
+        label_smoothing: Cross-entropy label smoothing.
+    """
+
+    primary_metric = "accuracy"
+
+    def __init__(
+        self,
+        name: str,
+        source: DataSource,
+        text_column: str = "text",
+        text_pair_column: str | None = None,
+        label_column: str = "label",
+        num_labels: int | None = None,
+        max_length: int = 128,
+        loss_weight: float = 1.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(name, source, text_column, label_column, max_length, loss_weight)
+        if num_labels is not None and num_labels < 2:
+            raise DataError(f"task {name!r}: num_labels must be >= 2, got {num_labels}")
+        self.text_pair_column = text_pair_column
+        self.num_labels = num_labels
+        self.label_names: list[str] | None = None
+        self.label_smoothing = label_smoothing
+
+    def required_columns(self) -> list[str]:
+        pair = [self.text_pair_column] if self.text_pair_column else []
+        return [self.text_column, *pair, self.label_column]
+
+    def fingerprint(self) -> str:
+        return super().fingerprint() + repr(self.text_pair_column)
+
+    def prepare(self, data: DatasetDict) -> DatasetDict:
+        names = None
+        if data["train"].features[self.label_column].dtype == "string":
+            data, names = encode_string_labels(data, self.label_column, self.name)
+        self.num_labels, self.label_names = resolve_num_labels(
+            data, self.label_column, self.name, self.num_labels, names
+        )
+        check_label_range(data, self.label_column, self.name, self.num_labels)
+        return data
+
+    def tokenize(self, batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase) -> dict:
+        out = text_inputs(self, batch, tokenizer, self.text_pair_column)
+        out["labels"] = [int(v) for v in batch[self.label_column]]
+        return out
+
+    @property
+    def is_ready(self) -> bool:
+        return self.num_labels is not None
+
+    def build_head(self, hidden_size: int, dropout: float) -> nn.Module:
+        assert self.num_labels is not None, f"task {self.name!r}: num_labels unresolved"
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, self.num_labels))
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+
+    def build_metrics(self) -> MetricCollection:
+        n = self.num_labels
+        return MetricCollection(
+            {
+                "accuracy": MulticlassAccuracy(num_classes=n, average="micro"),
+                "macro_f1": MulticlassF1Score(num_classes=n, average="macro"),
+            }
+        )
+
+    def head_state(self) -> dict[str, Any]:
+        return {"num_labels": self.num_labels, "label_names": self.label_names}
+
+    def load_head_state(self, state: dict[str, Any]) -> None:
+        if self.num_labels is not None and state["num_labels"] != self.num_labels:
+            raise DataError(
+                f"task {self.name!r}: checkpoint has {state['num_labels']} labels, "
+                f"config has {self.num_labels}"
+            )
+        self.num_labels, self.label_names = state["num_labels"], state["label_names"]

@@ -1,0 +1,73 @@
+"""Build a WordPiece tokenizer and a random BERT small enough for unit tests."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TINY_WORDS = (
+    "the a an is was what who where when how why good bad great awful movie film news sport "
+    "politics money city john paris london play game win lose love hate spam free call now "
+    "question answer yes no not very happy sad day night team market"
+).split()
+
+
+def tiny_vocab() -> list[str]:
+    """Specials, whole words, single characters and their ``##`` continuations."""
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    return SPECIALS + TINY_WORDS + chars + [f"##{c}" for c in string.ascii_lowercase + string.digits]
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A BERT-style uncased WordPiece tokenizer built locally (no vocab file, no hub)."""
+    vocab = {tok: i for i, tok in enumerate(tiny_vocab())}
+    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=50))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def tiny_bert_config(vocab_size: int, **overrides: int) -> BertConfig:
+    """The BERT size transformers' own tests use."""
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
+    kwargs.update(overrides)
+    return BertConfig(**kwargs)
+
+
+def save_tiny_encoder(directory: str | Path, seed: int = 0) -> Path:
+    """Writes a tiny random BERT and its tokenizer as a Hugging Face folder; returns the path."""
+    import torch
+
+    directory = Path(directory)
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    BertModel(tiny_bert_config(len(tokenizer))).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

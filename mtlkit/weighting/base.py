@@ -1,0 +1,78 @@
+"""The loss-weighting contract.
+
+A weighting method turns the per-task losses of one training step into the objective that is
+back-propagated. Methods differ in what they need; everything reaches them through one explicit
+:class:`StepContext` argument, never as attributes injected by the trainer.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class StepContext:
+    """What a weighting method may look at in one training step.
+
+    Attributes:
+        step: Global optimisation step (0-based).
+        task_names: All task names of the model, in a fixed order.
+        shared_parameters: Returns the shared (encoder) parameters that require grad.
+        representations: Per-task shared representation (the encoder output the head receives),
+            for methods that work on the representation (MGDA-UB, ...).
+    """
+
+    step: int
+    task_names: Sequence[str]
+    shared_parameters: Callable[[], list[nn.Parameter]] = field(default=lambda: [])
+    representations: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class WeightedLoss:
+    """The combined objective and the weight each present task received."""
+
+    loss: Tensor
+    weights: dict[str, Tensor]
+
+
+class Weighting(nn.Module, ABC):
+    """Base class of loss-weighting methods.
+
+    Learnable state (log-variances, weights, loss history) is registered on the module as
+    parameters or buffers in :meth:`setup`, so it is checkpointed with the model and optimised by
+    the model's optimizer.
+    """
+
+    #: True when the method needs the loss of every task in every step (``mixed`` batches).
+    needs_all_tasks: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.task_names: list[str] = []
+
+    def setup(self, task_names: Sequence[str]) -> None:
+        """Called once by the model with the task names, before the optimizer is built."""
+        self.task_names = list(task_names)
+
+    @abstractmethod
+    def forward(self, losses: Mapping[str, Tensor], ctx: StepContext) -> WeightedLoss:
+        """Combines the losses of the tasks present in this step."""
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer parameter groups of the method's learnable state (none by default).
+
+        Methods with their own learning rate return ``[{"params": ..., "lr": ...}]``.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "name": "weighting"}] if params else []
+
+    def weighted_sum(self, losses: Mapping[str, Tensor], weights: Mapping[str, Tensor]) -> Tensor:
+        """``sum_i w_i L_i`` over the present tasks."""
+        return torch.stack([weights[t] * losses[t] for t in losses]).sum()
