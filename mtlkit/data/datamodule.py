@@ -90,6 +90,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.splits: dict[str, dict[str, Dataset]] = {}
         self.train_sampler: MultiTaskBatchSampler | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._tokenizer_key = ""
 
     @property
     def task_names(self) -> list[str]:
@@ -99,6 +100,8 @@ class MultiTaskDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
             self.tokenizer = AutoTokenizer.from_pretrained(resolve_path(self.tokenizer_path))
+            # Keyed before any call: calling a fast tokenizer changes its truncation state.
+            self._tokenizer_key = _tokenizer_key(self.tokenizer)
         if not self.splits:
             self.splits = {t.name: self._prepare_task(t) for t in self.tasks}
         if stage in (None, "fit") and self.train_sampler is None:
@@ -112,7 +115,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         for split, ds in raw.items():
             cap = self.max_train_examples if split == "train" else self.max_eval_examples
             if cap is not None and len(ds) > cap:
-                ds = ds.shuffle(seed=self.seed).select(range(cap))
+                ds = ds.select(np.sort(np.random.default_rng(self.seed).permutation(len(ds))[:cap]))
             out[split] = self._tokenize(task, split, ds)
         if len(out["train"]) == 0:
             raise DataError(f"task {task.name!r}: no training examples left after filtering")
@@ -129,7 +132,7 @@ class MultiTaskDataModule(L.LightningDataModule):
 
         kwargs: dict[str, Any] = {}
         if self.cache_dir is not None:
-            key = Hasher.hash([ds._fingerprint, task.fingerprint(), _tokenizer_key(tokenizer)])
+            key = Hasher.hash([ds._fingerprint, task.fingerprint(), self._tokenizer_key])
             folder = Path(self.cache_dir) / task.name
             folder.mkdir(parents=True, exist_ok=True)
             kwargs["cache_file_name"] = str(folder / f"{split}-{key}.arrow")

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset
 
 from mtlkit.errors import ConfigError, DataError
@@ -56,11 +57,19 @@ class DataSource(ABC):
         if "validation" not in data:
             if len(data["train"]) < 2:
                 raise DataError(f"{self.describe()}: train split too small to carve a validation")
-            parts = data["train"].train_test_split(
-                test_size=self.validation_fraction, seed=self.split_seed, shuffle=True
-            )
-            data = DatasetDict({**data, "train": parts["train"], "validation": parts["test"]})
+            data = DatasetDict({**data, **self._carve(data["train"])})
         return data
+
+
+    def _carve(self, train: Dataset) -> dict[str, Dataset]:
+        # ``select`` with explicit indices keeps the fingerprints (the tokenization cache key)
+        # stable across runs, which ``train_test_split`` does not.
+        order = np.random.default_rng(self.split_seed).permutation(len(train))
+        n_val = max(1, round(self.validation_fraction * len(train)))
+        return {
+            "train": train.select(np.sort(order[n_val:])),
+            "validation": train.select(np.sort(order[:n_val])),
+        }
 
 
 class LocalFiles(DataSource):

@@ -1,15 +1,16 @@
 """Task types, one per module, all under :class:`mtlkit.tasks.base.Task`."""
 
 from mtlkit.tasks.base import IGNORE_INDEX, Task
+from mtlkit.tasks.multi_label import MultiLabelClassification
+from mtlkit.tasks.regression import Regression
 from mtlkit.tasks.sequence_classification import SequenceClassification
+from mtlkit.tasks.token_classification import TokenClassification
 
-__all__ = ["IGNORE_INDEX", "SequenceClassification", "Task"]
-
-try:  # the other task types are added alongside; import what is there
-    from mtlkit.tasks.multi_label import MultiLabelClassification
-    from mtlkit.tasks.regression import Regression
-    from mtlkit.tasks.token_classification import TokenClassification
-
-    __all__ += ["MultiLabelClassification", "Regression", "TokenClassification"]
-except ImportError:  # pragma: no cover
-    pass
+__all__ = [
+    "IGNORE_INDEX",
+    "MultiLabelClassification",
+    "Regression",
+    "SequenceClassification",
+    "Task",
+    "TokenClassification",
+]

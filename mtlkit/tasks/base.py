@@ -36,7 +36,7 @@ class Task(ABC):
     #: ``"sequence"`` heads get a pooled vector; ``"token"`` heads get every token state.
     level: ClassVar[Literal["sequence", "token"]] = "sequence"
     #: Metric used for the mean over tasks and for model selection (higher is better).
-    primary_metric: ClassVar[str]
+    primary_metric: str
 
     def __init__(
         self,

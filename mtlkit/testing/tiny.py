@@ -10,17 +10,14 @@ from tokenizers.models import WordPiece
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-TINY_WORDS = (
-    "the a an is was what who where when how why good bad great awful movie film news sport "
-    "politics money city john paris london play game win lose love hate spam free call now "
-    "question answer yes no not very happy sad day night team market"
-).split()
+TINY_WORDS = ["the", "a", "an", "is", "was", "what", "who", "where", "when", "how", "why", "good", "bad", "great", "awful", "movie", "film", "news", "sport", "politics", "money", "city", "john", "paris", "london", "play", "game", "win", "lose", "love", "hate", "spam", "free", "call", "now", "question", "answer", "yes", "no", "not", "very", "happy", "sad", "day", "night", "team", "market"]
 
 
 def tiny_vocab() -> list[str]:
     """Specials, whole words, single characters and their ``##`` continuations."""
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    return SPECIALS + TINY_WORDS + chars + [f"##{c}" for c in string.ascii_lowercase + string.digits]
+    subwords = [f"##{c}" for c in string.ascii_lowercase + string.digits]
+    return list(dict.fromkeys(SPECIALS + TINY_WORDS + chars + subwords))  # unique, in order
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:

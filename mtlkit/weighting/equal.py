@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from mtlkit.weighting.base import StepContext, Weighting, WeightedLoss
+from mtlkit.weighting.base import StepContext, WeightedLoss, Weighting
 
 
 class EqualWeighting(Weighting):

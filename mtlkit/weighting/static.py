@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.errors import ConfigError
-from mtlkit.weighting.base import StepContext, Weighting, WeightedLoss
+from mtlkit.weighting.base import StepContext, WeightedLoss, Weighting
 
 
 class StaticWeighting(Weighting):

@@ -1,0 +1,45 @@
+"""Small builders shared by tests."""
+
+from __future__ import annotations
+
+from mtlkit.data import InMemory, MultiTaskDataModule
+from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.tasks import SequenceClassification
+
+TOKENIZER = "pkg:mtlkit/testing/tiny_tokenizer"
+TINY_ENCODER = {
+    "model_type": "bert", "vocab_size": 155, "hidden_size": 32, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 128,
+}
+WORDS = ["good", "bad", "movie", "film", "news", "sport", "politics", "money", "city", "paris", "john", "play", "game", "win"]
+
+
+def toy_texts(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
+    """Texts whose label is decided by their first word (learnable by a tiny model)."""
+    import random
+
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = i % 2
+        first = "good" if label else "bad"
+        tail = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
+        texts.append(f"{first} {tail} {i}")
+        labels.append(label)
+    return texts, labels
+
+
+def toy_task(name: str, n: int = 40, seed: int = 0, **kw) -> SequenceClassification:
+    texts, labels = toy_texts(n, seed)
+    source = InMemory({"train": {"text": texts, "label": labels}})
+    return SequenceClassification(name=name, source=source, num_labels=2, **kw)
+
+
+def toy_datamodule(tasks, **kw) -> MultiTaskDataModule:
+    args = dict(tokenizer=TOKENIZER, batch_size=4, cache_dir=None, steps_per_epoch=5)
+    args.update(kw)
+    return MultiTaskDataModule(tasks, **args)
+
+
+def tiny_model(tasks, **kw) -> MultiTaskModule:
+    return MultiTaskModule(HFEncoder(config=dict(TINY_ENCODER)), tasks, **kw)

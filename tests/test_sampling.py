@@ -1,0 +1,137 @@
+"""Sampling strategies and the multi-task batch sampler."""
+
+import numpy as np
+import pytest
+
+from mtlkit.data.batching import MultiTaskBatchSampler, TaskStream
+from mtlkit.data.sampling import Annealed, Proportional, Temperature, Uniform
+from mtlkit.errors import ConfigError
+
+SIZES = [1000, 100, 10]
+
+
+def test_formulas_on_hand_made_sizes():
+    np.testing.assert_allclose(Proportional().probabilities(SIZES, 0), [1000 / 1110, 100 / 1110, 10 / 1110])
+    np.testing.assert_allclose(Uniform().probabilities(SIZES, 0), [1 / 3] * 3)
+    # T=2: weights sqrt(n) = 31.623, 10, 3.162
+    w = np.sqrt(SIZES)
+    np.testing.assert_allclose(Temperature(2).probabilities(SIZES, 0), w / w.sum())
+    # size cap K=100 (T5): 1000 -> 100
+    np.testing.assert_allclose(Proportional(size_cap=100).probabilities(SIZES, 0), [100 / 210, 100 / 210, 10 / 210])
+    np.testing.assert_allclose(Temperature(1e9).probabilities(SIZES, 0), [1 / 3] * 3, atol=1e-6)
+
+
+def test_annealed_moves_from_proportional_toward_uniform():
+    a = Annealed(1.0, 5.0)
+    np.testing.assert_allclose(a.probabilities(SIZES, 0.0), Proportional().probabilities(SIZES, 0))
+    np.testing.assert_allclose(a.probabilities(SIZES, 1.0), Temperature(5).probabilities(SIZES, 0))
+    # alpha = 1/T moves linearly: halfway alpha = (1 + 0.2)/2 = 0.6
+    assert a.temperature_at(0.5) == pytest.approx(1 / 0.6)
+    assert a.probabilities(SIZES, 1.0)[2] > a.probabilities(SIZES, 0.5)[2] > a.probabilities(SIZES, 0)[2]
+
+
+def test_bad_temperature_is_rejected():
+    with pytest.raises(ConfigError, match="temperature"):
+        Temperature(0)
+
+
+def _sampler(mode="homogeneous", strategy=None, **kw):
+    args = dict(task_names=["a", "b", "c"], sizes=SIZES, strategy=strategy or Temperature(2),
+                batch_size=8, mode=mode, steps_per_epoch=2000, seed=1)
+    args.update(kw)
+    return MultiTaskBatchSampler(**args)
+
+
+@pytest.mark.parametrize("strategy", [Proportional(), Uniform(), Temperature(2), Temperature(5)])
+def test_homogeneous_task_frequencies_match_formula(strategy):
+    sampler = _sampler(strategy=strategy)
+    counts = {"a": 0, "b": 0, "c": 0}
+    for plan in sampler:
+        (task,) = plan["indices"]
+        counts[task] += 1
+    freq = np.array([counts[t] for t in "abc"]) / 2000
+    expected = strategy.probabilities(SIZES, 0)
+    # binomial standard error at n=2000 is <= 0.0112; allow 4 sigma
+    np.testing.assert_allclose(freq, expected, atol=0.045)
+
+
+def test_mixed_example_frequencies_match_formula():
+    sampler = _sampler(mode="mixed", batch_size=32, steps_per_epoch=500)
+    totals = np.zeros(3)
+    for plan in sampler:
+        assert sum(len(v) for v in plan["indices"].values()) == 32
+        for t, idx in plan["indices"].items():
+            totals["abc".index(t)] += len(idx)
+    np.testing.assert_allclose(totals / totals.sum(), Temperature(2).probabilities(SIZES, 0), atol=0.01)
+
+
+def test_annealed_sampler_shifts_over_training():
+    sampler = _sampler(strategy=Annealed(1.0, 5.0), steps_per_epoch=3000)
+    plans = list(sampler)
+    small_early = sum("c" in p["indices"] for p in plans[:1000])
+    small_late = sum("c" in p["indices"] for p in plans[-1000:])
+    assert small_late > 2 * small_early
+
+
+def test_stream_visits_every_example_once_per_pass():
+    stream = TaskStream(10, seed=3)
+    first, second = stream.take(10), stream.take(10)
+    assert sorted(first) == list(range(10)) == sorted(second)
+    assert first != second
+
+
+def test_length_grouping_sorts_windows():
+    lengths = np.random.default_rng(0).integers(5, 100, size=64)
+    stream = TaskStream(64, seed=0, lengths=lengths, group_size=16)
+    order = stream.take(64)
+    assert sorted(order) == list(range(64))
+    for start in range(0, 64, 16):
+        window = lengths[order[start : start + 16]]
+        assert list(window) == sorted(window, reverse=True)
+
+
+def test_state_round_trip_continues_same_sequence():
+    reference = _sampler(steps_per_epoch=50)
+    reference.set_epoch(0)
+    ep0 = list(reference)
+    reference.set_epoch(1)
+    ep1 = list(reference)
+
+    resumed = _sampler(steps_per_epoch=50)
+    resumed.set_epoch(0)
+    for plan in list(resumed)[:20]:
+        resumed.mark_consumed(plan["epoch"], plan["step"])
+    state = resumed.state_dict()
+
+    fresh = _sampler(steps_per_epoch=50)
+    fresh.load_state_dict(state)
+    fresh.set_epoch(0)
+    assert list(fresh) == ep0[20:]
+    fresh.set_epoch(1)
+    assert list(fresh) == ep1
+
+
+def test_state_from_other_config_is_rejected():
+    state = _sampler().state_dict()
+    with pytest.raises(ConfigError, match="does not match"):
+        _sampler(seed=2).load_state_dict(state)
+
+
+@pytest.mark.parametrize("mode", ["homogeneous", "mixed"])
+def test_ranks_get_disjoint_examples_of_the_same_tasks(mode):
+    # sizes are multiples of the global batch (16), so one step never wraps into a new pass
+    kw = dict(mode=mode, steps_per_epoch=30, sizes=[1024, 128, 16], world_size=2)
+    plans = [list(_sampler(rank=r, **kw)) for r in (0, 1)]
+    for p0, p1 in zip(*plans):
+        if mode == "homogeneous":
+            assert p0["indices"].keys() == p1["indices"].keys()
+            (task,) = p0["indices"]
+            assert len(p0["indices"][task]) == len(p1["indices"][task]) == 8
+            assert not set(p0["indices"][task]) & set(p1["indices"][task])
+        else:
+            assert sum(len(v) for p in (p0, p1) for v in p["indices"].values()) == 16
+
+
+def test_unknown_batch_mode():
+    with pytest.raises(ConfigError, match="batch_mode"):
+        _sampler(mode="interleaved")
