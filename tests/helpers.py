@@ -8,10 +8,30 @@ from mtlkit.tasks import SequenceClassification
 
 TOKENIZER = "pkg:mtlkit/testing/tiny_tokenizer"
 TINY_ENCODER = {
-    "model_type": "bert", "vocab_size": 155, "hidden_size": 32, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 128,
+    "model_type": "bert",
+    "vocab_size": 155,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "max_position_embeddings": 128,
 }
-WORDS = ["good", "bad", "movie", "film", "news", "sport", "politics", "money", "city", "paris", "john", "play", "game", "win"]
+WORDS = [
+    "good",
+    "bad",
+    "movie",
+    "film",
+    "news",
+    "sport",
+    "politics",
+    "money",
+    "city",
+    "paris",
+    "john",
+    "play",
+    "game",
+    "win",
+]
 
 
 def toy_texts(n: int, seed: int = 0) -> tuple[list[str], list[int]]:

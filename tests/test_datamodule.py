@@ -58,8 +58,9 @@ def test_length_grouping_cuts_padding():
     task_args = dict(n=400)
     ratios = []
     for group in (False, True):
-        dm = toy_datamodule([toy_task("a", **task_args)], batch_size=16, group_by_length=group,
-                            steps_per_epoch=20)
+        dm = toy_datamodule(
+            [toy_task("a", **task_args)], batch_size=16, group_by_length=group, steps_per_epoch=20
+        )
         dm.setup("fit")
         real = total = 0
         for batch in dm.train_dataloader():
@@ -95,8 +96,10 @@ def test_tokenization_is_cached(tmp_path):
 def test_datamodule_state_round_trip():
     dm = toy_datamodule([toy_task("a"), toy_task("b", seed=1)], steps_per_epoch=8)
     dm.setup("fit")
-    all_plans = [(b["step"], {k: v["input_ids"].tolist() for k, v in b["tasks"].items()})
-                 for b in dm.train_dataloader()]
+    all_plans = [
+        (b["step"], {k: v["input_ids"].tolist() for k, v in b["tasks"].items()})
+        for b in dm.train_dataloader()
+    ]
     it = iter(dm.train_dataloader())
     for _ in range(3):
         dm.on_before_batch_transfer(next(it), 0)
@@ -104,8 +107,10 @@ def test_datamodule_state_round_trip():
     dm2 = toy_datamodule([toy_task("a"), toy_task("b", seed=1)], steps_per_epoch=8)
     dm2.load_state_dict(state)
     dm2.setup("fit")
-    rest = [(b["step"], {k: v["input_ids"].tolist() for k, v in b["tasks"].items()})
-            for b in dm2.train_dataloader()]
+    rest = [
+        (b["step"], {k: v["input_ids"].tolist() for k, v in b["tasks"].items()})
+        for b in dm2.train_dataloader()
+    ]
     assert rest == all_plans[3:]
 
 
@@ -115,20 +120,26 @@ def test_duplicate_task_names():
 
 
 def test_empty_split_and_missing_column():
-    empty = SequenceClassification("e", InMemory({"train": {"text": [], "label": []},
-                                                  "validation": {"text": ["x"], "label": [0]}}),
-                                   num_labels=2)
+    empty = SequenceClassification(
+        "e",
+        InMemory({"train": {"text": [], "label": []}, "validation": {"text": ["x"], "label": [0]}}),
+        num_labels=2,
+    )
     with pytest.raises(DataError, match="task 'e': split 'train' is empty"):
         toy_datamodule([empty]).setup("fit")
-    wrong = SequenceClassification("w", InMemory({"train": {"sentence": ["a", "b"], "label": [0, 1]}}),
-                                   num_labels=2)
-    with pytest.raises(DataError, match="no column\\(s\\) \\['text'\\].*available columns: \\['sentence'"):
+    wrong = SequenceClassification(
+        "w", InMemory({"train": {"sentence": ["a", "b"], "label": [0, 1]}}), num_labels=2
+    )
+    with pytest.raises(
+        DataError, match="no column\\(s\\) \\['text'\\].*available columns: \\['sentence'"
+    ):
         toy_datamodule([wrong]).setup("fit")
 
 
 def test_label_out_of_range_and_num_labels_mismatch():
-    bad = SequenceClassification("r", InMemory({"train": {"text": ["a"] * 4, "label": [0, 1, 2, 5]}}),
-                                 num_labels=3)
+    bad = SequenceClassification(
+        "r", InMemory({"train": {"text": ["a"] * 4, "label": [0, 1, 2, 5]}}), num_labels=3
+    )
     with pytest.raises(DataError, match="label 5 outside \\[0, 3\\)"):
         toy_datamodule([bad]).setup("fit")
 

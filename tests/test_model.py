@@ -61,7 +61,9 @@ def test_static_weighting_matches_formula():
 
 
 def test_equal_weighting_is_plain_sum():
-    out = EqualWeighting()({"a": torch.tensor(1.0), "b": torch.tensor(2.5)}, StepContext(0, ["a", "b"]))
+    out = EqualWeighting()(
+        {"a": torch.tensor(1.0), "b": torch.tensor(2.5)}, StepContext(0, ["a", "b"])
+    )
     assert out.loss.item() == pytest.approx(3.5)
 
 
@@ -75,8 +77,13 @@ class _NeedsAll(Weighting):
 def test_method_needing_all_tasks_rejects_homogeneous_batches(tmp_path):
     dm = toy_datamodule([toy_task("a"), toy_task("b")], batch_mode="homogeneous")
     model = tiny_model(dm.tasks, weighting=_NeedsAll())
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
-                        default_root_dir=tmp_path, enable_progress_bar=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+    )
     with pytest.raises(ConfigError, match="set data.batch_mode: mixed"):
         trainer.fit(model, dm)
 
@@ -87,8 +94,13 @@ def test_tokenizer_that_does_not_match_encoder(tmp_path):
     from mtlkit.model import MultiTaskModule
 
     model = MultiTaskModule(HFEncoder(config=enc), dm.tasks)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
-                        default_root_dir=tmp_path, enable_progress_bar=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+    )
     with pytest.raises(ConfigError, match="155 tokens but the encoder's embedding has 50"):
         trainer.fit(model, dm)
 
@@ -120,8 +132,13 @@ def test_short_fit_beats_chance_and_checkpoint_restores_heads(mode, tmp_path):
     tasks = [toy_task("a", n=120), toy_task("b", n=120, seed=1)]
     dm = toy_datamodule(tasks, batch_mode=mode, batch_size=16, steps_per_epoch=40)
     model = tiny_model(dm.tasks, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
-    trainer = L.Trainer(max_epochs=2, logger=False, default_root_dir=tmp_path,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, dm)
     metrics = trainer.callback_metrics
     assert metrics["val/a/accuracy"] > 0.75 and metrics["val/b/accuracy"] > 0.75

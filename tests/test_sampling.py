@@ -11,13 +11,17 @@ SIZES = [1000, 100, 10]
 
 
 def test_formulas_on_hand_made_sizes():
-    np.testing.assert_allclose(Proportional().probabilities(SIZES, 0), [1000 / 1110, 100 / 1110, 10 / 1110])
+    np.testing.assert_allclose(
+        Proportional().probabilities(SIZES, 0), [1000 / 1110, 100 / 1110, 10 / 1110]
+    )
     np.testing.assert_allclose(Uniform().probabilities(SIZES, 0), [1 / 3] * 3)
     # T=2: weights sqrt(n) = 31.623, 10, 3.162
     w = np.sqrt(SIZES)
     np.testing.assert_allclose(Temperature(2).probabilities(SIZES, 0), w / w.sum())
     # size cap K=100 (T5): 1000 -> 100
-    np.testing.assert_allclose(Proportional(size_cap=100).probabilities(SIZES, 0), [100 / 210, 100 / 210, 10 / 210])
+    np.testing.assert_allclose(
+        Proportional(size_cap=100).probabilities(SIZES, 0), [100 / 210, 100 / 210, 10 / 210]
+    )
     np.testing.assert_allclose(Temperature(1e9).probabilities(SIZES, 0), [1 / 3] * 3, atol=1e-6)
 
 
@@ -27,7 +31,11 @@ def test_annealed_moves_from_proportional_toward_uniform():
     np.testing.assert_allclose(a.probabilities(SIZES, 1.0), Temperature(5).probabilities(SIZES, 0))
     # alpha = 1/T moves linearly: halfway alpha = (1 + 0.2)/2 = 0.6
     assert a.temperature_at(0.5) == pytest.approx(1 / 0.6)
-    assert a.probabilities(SIZES, 1.0)[2] > a.probabilities(SIZES, 0.5)[2] > a.probabilities(SIZES, 0)[2]
+    assert (
+        a.probabilities(SIZES, 1.0)[2]
+        > a.probabilities(SIZES, 0.5)[2]
+        > a.probabilities(SIZES, 0)[2]
+    )
 
 
 def test_bad_temperature_is_rejected():
@@ -36,8 +44,15 @@ def test_bad_temperature_is_rejected():
 
 
 def _sampler(mode="homogeneous", strategy=None, **kw):
-    args = dict(task_names=["a", "b", "c"], sizes=SIZES, strategy=strategy or Temperature(2),
-                batch_size=8, mode=mode, steps_per_epoch=2000, seed=1)
+    args = dict(
+        task_names=["a", "b", "c"],
+        sizes=SIZES,
+        strategy=strategy or Temperature(2),
+        batch_size=8,
+        mode=mode,
+        steps_per_epoch=2000,
+        seed=1,
+    )
     args.update(kw)
     return MultiTaskBatchSampler(**args)
 
@@ -62,7 +77,9 @@ def test_mixed_example_frequencies_match_formula():
         assert sum(len(v) for v in plan["indices"].values()) == 32
         for t, idx in plan["indices"].items():
             totals["abc".index(t)] += len(idx)
-    np.testing.assert_allclose(totals / totals.sum(), Temperature(2).probabilities(SIZES, 0), atol=0.01)
+    np.testing.assert_allclose(
+        totals / totals.sum(), Temperature(2).probabilities(SIZES, 0), atol=0.01
+    )
 
 
 def test_annealed_sampler_shifts_over_training():
@@ -122,7 +139,7 @@ def test_ranks_get_disjoint_examples_of_the_same_tasks(mode):
     # sizes are multiples of the global batch (16), so one step never wraps into a new pass
     kw = dict(mode=mode, steps_per_epoch=30, sizes=[1024, 128, 16], world_size=2)
     plans = [list(_sampler(rank=r, **kw)) for r in (0, 1)]
-    for p0, p1 in zip(*plans):
+    for p0, p1 in zip(*plans, strict=True):
         if mode == "homogeneous":
             assert p0["indices"].keys() == p1["indices"].keys()
             (task,) = p0["indices"]

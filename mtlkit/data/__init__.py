@@ -1,6 +1,7 @@
 """Data: sources, sampling strategies, batching and the multi-task data module."""
 
-from mtlkit.data.datamodule import MultiTaskDataModule
+from typing import Any
+
 from mtlkit.data.sources import DataSource, HubDataset, InMemory, LocalFiles, PythonCallable
 
 __all__ = [
@@ -11,3 +12,12 @@ __all__ = [
     "MultiTaskDataModule",
     "PythonCallable",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the data module depends on the task types, which depend on sources.
+    if name == "MultiTaskDataModule":
+        from mtlkit.data.datamodule import MultiTaskDataModule
+
+        return MultiTaskDataModule
+    raise AttributeError(f"module 'mtlkit.data' has no attribute {name!r}")

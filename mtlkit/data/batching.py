@@ -40,8 +40,12 @@ class TaskStream:
         if self._cache is None or self._cache[0] != pass_no:
             order = np.random.default_rng([self.seed, pass_no]).permutation(self.size)
             if self.lengths is not None:
-                chunks = [order[i : i + self.group_size] for i in range(0, self.size, self.group_size)]
-                order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+                chunks = [
+                    order[i : i + self.group_size] for i in range(0, self.size, self.group_size)
+                ]
+                order = np.concatenate(
+                    [c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks]
+                )
             self._cache = (pass_no, order)
         return self._cache[1]
 
@@ -205,7 +209,9 @@ class EvalBatchSampler:
         self, task: str, lengths: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1
     ) -> None:
         order = np.argsort(-lengths, kind="stable")[rank::world_size]
-        self.batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+        self.batches = [
+            order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)
+        ]
         self.task = task
 
     def __len__(self) -> int:

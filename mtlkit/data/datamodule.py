@@ -137,10 +137,15 @@ class MultiTaskDataModule(L.LightningDataModule):
             folder.mkdir(parents=True, exist_ok=True)
             kwargs["cache_file_name"] = str(folder / f"{split}-{key}.arrow")
         tokenized = ds.map(
-            encode, batched=True, remove_columns=ds.column_names, desc=f"{task.name}/{split}",
+            encode,
+            batched=True,
+            remove_columns=ds.column_names,
+            desc=f"{task.name}/{split}",
             **kwargs,
         )
-        return tokenized.with_format(None, columns=[c for c in _KEEP if c in tokenized.column_names])
+        return tokenized.with_format(
+            None, columns=[c for c in _KEEP if c in tokenized.column_names]
+        )
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -154,9 +159,17 @@ class MultiTaskDataModule(L.LightningDataModule):
         if self.group_by_length:
             lengths = [np.asarray(self.splits[n]["train"]["length"]) for n in self.task_names]
         return MultiTaskBatchSampler(
-            self.task_names, sizes, self.sampling, self.batch_size, self.batch_mode, steps,
-            total_steps=self._total_steps(steps), seed=self.seed, lengths=lengths,
-            rank=rank, world_size=world,
+            self.task_names,
+            sizes,
+            self.sampling,
+            self.batch_size,
+            self.batch_mode,
+            steps,
+            total_steps=self._total_steps(steps),
+            seed=self.seed,
+            lengths=lengths,
+            rank=rank,
+            world_size=world,
         )
 
     def _total_steps(self, steps_per_epoch: int) -> int:

@@ -60,7 +60,6 @@ class DataSource(ABC):
             data = DatasetDict({**data, **self._carve(data["train"])})
         return data
 
-
     def _carve(self, train: Dataset) -> dict[str, Dataset]:
         # ``select`` with explicit indices keeps the fingerprints (the tokenization cache key)
         # stable across runs, which ``train_test_split`` does not.

@@ -1,4 +1,4 @@
-"""The shared encoder: any ``transformers.AutoModel``, loaded from a folder or built from a config."""
+"""The shared encoder: any ``AutoModel``, loaded from a folder or built from a config."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class HFEncoder(nn.Module):
             if model_type is None:
                 raise ConfigError("HFEncoder config needs a 'model_type' key (e.g. 'bert')")
             self.model = AutoModel.from_config(AutoConfig.for_model(model_type, **cfg))
+        self.model.train()  # from_pretrained returns eval mode, which would switch dropout off
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.name_or_path = name_or_path

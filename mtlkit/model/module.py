@@ -146,7 +146,9 @@ class MultiTaskModule(L.LightningModule):
         combined = self.weighting(losses, ctx)
         n_examples = sum(int(s["input_ids"].shape[0]) for s in subs.values())
         for name, loss in losses.items():
-            self.log(f"train/{name}/loss", loss.detach(), batch_size=subs[name]["input_ids"].shape[0])
+            self.log(
+                f"train/{name}/loss", loss.detach(), batch_size=subs[name]["input_ids"].shape[0]
+            )
             self.log(f"train/{name}/weight", combined.weights[name].detach(), batch_size=1)
         self.log("train/loss", combined.loss.detach(), prog_bar=True, batch_size=n_examples)
         return combined.loss
@@ -166,7 +168,9 @@ class MultiTaskModule(L.LightningModule):
             task, labels = self.tasks[name], subs[name]["labels"]
             self.metrics[f"{split}_{name}"].update(*task.metric_inputs(out["logits"], labels))
             loss = task.loss(out["logits"], labels)
-            self.log(f"{split}/{name}/loss", loss, batch_size=labels.shape[0], add_dataloader_idx=False)
+            self.log(
+                f"{split}/{name}/loss", loss, batch_size=labels.shape[0], add_dataloader_idx=False
+            )
 
     def _eval_epoch_end(self, split: str) -> None:
         primaries = []
@@ -179,7 +183,9 @@ class MultiTaskModule(L.LightningModule):
             primaries.append(values[task.primary_metric].float())
         self.log(f"{split}/mean", torch.stack(primaries).mean(), add_dataloader_idx=False)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
@@ -212,7 +218,10 @@ class MultiTaskModule(L.LightningModule):
         if self.scheduler_fn is None:
             return optimizer
         scheduler = self.scheduler_fn(optimizer, int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     # -------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -222,7 +231,9 @@ class MultiTaskModule(L.LightningModule):
         saved = checkpoint.get("mtlkit_tasks", {})
         missing = sorted(set(self.tasks) - set(saved))
         if saved and missing:
-            raise ConfigError(f"checkpoint has no heads for task(s) {missing}; it has {sorted(saved)}")
+            raise ConfigError(
+                f"checkpoint has no heads for task(s) {missing}; it has {sorted(saved)}"
+            )
         for name, state in saved.items():
             if name in self.tasks:
                 self.tasks[name].load_head_state(state)

@@ -18,7 +18,9 @@ def class_label_feature(data: DatasetDict, column: str) -> ClassLabel | None:
     return feature if isinstance(feature, ClassLabel) else None
 
 
-def encode_string_labels(data: DatasetDict, column: str, task: str) -> tuple[DatasetDict, list[str]]:
+def encode_string_labels(
+    data: DatasetDict, column: str, task: str
+) -> tuple[DatasetDict, list[str]]:
     """Maps string labels to ids using the sorted label set of the train split."""
     names = sorted({str(v) for v in data["train"][column]})
     index = {n: i for i, n in enumerate(names)}
@@ -26,7 +28,8 @@ def encode_string_labels(data: DatasetDict, column: str, task: str) -> tuple[Dat
         unknown = {str(v) for v in ds[column]} - index.keys()
         if unknown:
             raise DataError(
-                f"task {task!r}: split {split!r} has labels not seen in train: {sorted(unknown)[:5]}"
+                f"task {task!r}: split {split!r} has labels not seen in train: "
+                f"{sorted(unknown)[:5]}"
             )
     data = data.map(lambda b: {column: [index[str(v)] for v in b[column]]}, batched=True)
     return data, names

@@ -88,9 +88,7 @@ class Task(ABC):
 
     def fingerprint(self) -> str:
         """Everything that changes tokenization; part of the tokenization cache key."""
-        return repr(
-            (type(self).__name__, self.text_column, self.label_column, self.max_length)
-        )
+        return repr((type(self).__name__, self.text_column, self.label_column, self.max_length))
 
     def collate(self, rows: dict[str, list[Any]], pad_token_id: int) -> dict[str, Tensor]:
         """Pads one task's sub-batch to its own longest sequence (dynamic padding)."""
@@ -131,7 +129,8 @@ class Task(ABC):
         return {}
 
     def load_head_state(self, state: dict[str, Any]) -> None:
-        """Restores :meth:`head_state`."""
+        """Restores :meth:`head_state` (nothing to restore by default)."""
+        del state
 
     @property
     def is_ready(self) -> bool:

@@ -25,7 +25,10 @@ class Annealed(SamplingStrategy):
     """
 
     def __init__(
-        self, start_temperature: float = 1.0, end_temperature: float = 5.0, size_cap: int | None = None
+        self,
+        start_temperature: float = 1.0,
+        end_temperature: float = 5.0,
+        size_cap: int | None = None,
     ) -> None:
         if start_temperature <= 0 or end_temperature <= 0:
             raise ConfigError("annealed sampling temperatures must be > 0")

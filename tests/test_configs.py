@@ -1,0 +1,91 @@
+"""Every shipped config is built by the CLI, and each one trains a few real steps."""
+
+from pathlib import Path
+
+import pytest
+
+from mtlkit.cli import cli_main
+from mtlkit.data.datamodule import MultiTaskDataModule
+from mtlkit.model import MultiTaskModule
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
+# Quick overrides so a real fit of any config takes seconds: few steps, tiny evaluation.
+FAST = [
+    "--trainer.max_steps=3",
+    "--trainer.max_epochs=1",
+    "--trainer.limit_val_batches=1",
+    "--trainer.num_sanity_val_steps=0",
+    "--trainer.enable_progress_bar=false",
+    "--data.init_args.steps_per_epoch=3",
+    "--data.init_args.max_train_examples=64",
+    "--data.init_args.max_eval_examples=16",
+    "--data.init_args.batch_size=4",
+]
+
+
+def test_configs_are_found():
+    assert "configs/quickstart.yaml" in CONFIGS and "configs/tiny/tiny.yaml" in CONFIGS
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_config_instantiates(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["--config", str(ROOT / config)], run=False)
+    assert isinstance(cli.model, MultiTaskModule)
+    assert isinstance(cli.datamodule, MultiTaskDataModule)
+    assert cli.model.tasks == {t.name: t for t in cli.datamodule.tasks}  # linked, same objects
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_config_fits_a_few_steps(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["fit", "--config", str(ROOT / config), *FAST])
+    assert cli.trainer.global_step == 3
+    assert any(k.startswith("val/") for k in cli.trainer.callback_metrics)
+
+
+def test_print_config_and_stacking(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    override = tmp_path / "override.yaml"
+    override.write_text("data:\n  init_args:\n    batch_size: 7\n")
+    with pytest.raises(SystemExit):
+        cli_main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/tiny/tiny.yaml"),
+                "--config",
+                str(override),
+                "--print_config",
+            ]
+        )
+    out = capsys.readouterr().out
+    assert "batch_size: 7" in out and "class_path: mtlkit.tasks.SequenceClassification" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data.init_args.sampling=mtlkit.data.sampling.Nope"], "Nope"),
+        (["--model.init_args.pooling=max"], "pooling"),
+        (["--data.init_args.batch_mode=interleaved"], "batch_mode"),
+    ],
+)
+def test_config_typos_fail_before_training(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(ROOT / "configs/tiny/tiny.yaml"), *args])
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_task_type(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = (ROOT / "configs/tiny/tiny.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        text.replace("mtlkit.tasks.SequenceClassification", "mtlkit.tasks.SequenceClasification")
+    )
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(bad)])
+    assert "SequenceClasification" in capsys.readouterr().err
