@@ -142,6 +142,9 @@ class MultiTaskModule(L.LightningModule):
             task_names=self.task_names,
             shared_parameters=lambda: [p for p in self.encoder.parameters() if p.requires_grad],
             representations={n: o["features"] for n, o in outputs.items()},
+            named_shared_parameters=lambda: [
+                (n, p) for n, p in self.encoder.named_parameters() if p.requires_grad
+            ],
         )
         combined = self.weighting(losses, ctx)
         n_examples = sum(int(s["input_ids"].shape[0]) for s in subs.values())

@@ -27,7 +27,6 @@ from collections.abc import Callable
 
 from datasets import DatasetDict
 
-from mtlkit.packaged._common import PINNED_VERSIONS, MissingPackageError
 from mtlkit.packaged.chinese import chinese_sentiment, peoples_daily_ner, peoples_daily_pos
 from mtlkit.packaged.english import (
     SENTIMENT_SOURCES,
@@ -38,6 +37,7 @@ from mtlkit.packaged.english import (
     sms_spam,
     trec,
 )
+from mtlkit.paths import PINNED_VERSIONS, MissingPackageError
 
 LOADERS: dict[str, Callable[..., DatasetDict]] = {
     "trec": trec,

@@ -24,6 +24,8 @@ class StepContext:
         step: Global optimisation step (0-based).
         task_names: All task names of the model, in a fixed order.
         shared_parameters: Returns the shared (encoder) parameters that require grad.
+        named_shared_parameters: The same with their names (``model.encoder.layer.5...``), for
+            methods that work on one chosen shared layer (GradNorm).
         representations: Per-task shared representation (the encoder output the head receives),
             for methods that work on the representation (MGDA-UB, ...).
     """
@@ -32,6 +34,9 @@ class StepContext:
     task_names: Sequence[str]
     shared_parameters: Callable[[], list[nn.Parameter]] = field(default=lambda: [])
     representations: Mapping[str, Tensor] = field(default_factory=dict)
+    named_shared_parameters: Callable[[], list[tuple[str, nn.Parameter]]] = field(
+        default=lambda: []
+    )
 
 
 @dataclass
