@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that write their numbers to ``benchmarks/results``."""

@@ -1,0 +1,59 @@
+"""Runs ``configs/quickstart.yaml`` (what ``make demo`` runs) and records time and metrics.
+
+python -m benchmarks.quickstart            # writes benchmarks/results/quickstart.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from benchmarks.common import write_result
+from mtlkit.callbacks import metric_rows
+from mtlkit.cli import cli_main
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+
+
+def markdown(rows: dict[str, dict[str, float]], seconds: float, mean: float) -> str:
+    lines = [
+        "| task | kind | metric | validation |",
+        "|---|---|---|---|",
+    ]
+    for task, values in sorted(rows.items()):
+        for metric in sorted(values):
+            if metric != "loss":
+                lines.append(f"| {task} | | {metric} | {values[metric]:.3f} |")
+    lines.append(
+        f"\nMean of the primary metrics: {mean:.3f}. Wall time of the run: {seconds:.0f} s."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default=str(CONFIG))
+    args = parser.parse_args()
+    start = time.perf_counter()
+    cli = cli_main(["fit", "--config", args.config])
+    seconds = time.perf_counter() - start
+    metrics = cli.trainer.callback_metrics
+    rows = metric_rows(metrics, "val")
+    kinds = {t.name: type(t).__name__ for t in cli.datamodule.tasks}
+    text = markdown(rows, seconds, float(metrics["val/mean"]))
+    for task, kind in kinds.items():
+        text = text.replace(f"| {task} | |", f"| {task} | {kind} |")
+    payload = {
+        "config": Path(args.config).name,
+        "wall_seconds": round(seconds, 1),
+        "global_steps": cli.trainer.global_step,
+        "val": rows,
+        "val_mean": float(metrics["val/mean"]),
+        "task_types": kinds,
+    }
+    print(write_result("quickstart", payload, text))
+
+
+if __name__ == "__main__":
+    main()
