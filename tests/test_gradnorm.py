@@ -41,17 +41,26 @@ def _step(method, layer, values, grads, step=0):
     return losses, method(losses, ctx)
 
 
-def _hand_update(w, norms, values, initial, alpha, lr):
-    """One SGD GradNorm step by hand: dL_grad/dw_i = g_i * sign(w_i g_i - target_i)."""
+def _hand_grad(w, norms, values, initial, alpha):
+    """dL_grad/dw_i = g_i * sign(w_i g_i - target_i), target_i = mean(G) * r_i ** alpha."""
     big_g = [wi * gi for wi, gi in zip(w, norms, strict=True)]
     ratios = [v / v0 for v, v0 in zip(values, initial, strict=True)]
     r = [x / (sum(ratios) / len(ratios)) for x in ratios]
     target = [sum(big_g) / len(big_g) * ri**alpha for ri in r]
-    grad = [
-        gi * math.copysign(1.0, gw - tg) for gi, gw, tg in zip(norms, big_g, target, strict=True)
+    return [
+        gi * (0.0 if gw == tg else math.copysign(1.0, gw - tg))
+        for gi, gw, tg in zip(norms, big_g, target, strict=True)
     ]
-    new = [wi - lr * gr for wi, gr in zip(w, grad, strict=True)]
+
+
+def _renormalised(new):
     return [x * len(new) / sum(new) for x in new]
+
+
+def _hand_update(w, norms, values, initial, alpha, lr):
+    """One SGD GradNorm step by hand."""
+    grad = _hand_grad(w, norms, values, initial, alpha)
+    return _renormalised([wi - lr * gr for wi, gr in zip(w, grad, strict=True)])
 
 
 def test_sgd_update_matches_hand_computation():
@@ -68,6 +77,46 @@ def test_sgd_update_matches_hand_computation():
         assert method.task_weights.tolist() == pytest.approx(w, rel=1e-6)
     assert method.initial_losses.tolist() == initial
     assert method.parameter_groups() == []
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.5])
+def test_alpha_sets_the_target(alpha):
+    """G = (0.6, 1.4), r = (2/3, 4/3): G_a lies between Gbar r_a^1.5 and Gbar r_a^1."""
+    layer = nn.Parameter(torch.zeros(1, 1))
+    method = _method(alpha=alpha, lr=0.05, optimizer="sgd")
+    _step(method, layer, [1.0, 1.0], [1.0, 1.0])  # r = 1 and G equal: no change
+    assert method.task_weights.tolist() == [1.0, 1.0]
+    _step(method, layer, [0.5, 1.0], [0.6, 1.4], step=1)
+    expected = _hand_update([1.0, 1.0], [0.6, 1.4], [0.5, 1.0], [1.0, 1.0], alpha, 0.05)
+    assert method.task_weights.tolist() == pytest.approx(expected, rel=1e-6)
+    assert (method.task_weights[0] < 1.0) == (alpha == 1.5)
+
+
+def test_adam_update_matches_hand_computation():
+    layer = nn.Parameter(torch.zeros(1, 1))
+    method = _method(alpha=1.5, lr=0.025)
+    w, m, v, initial = [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [1.0, 2.0]
+    steps = [([1.0, 2.0], [1.0, 0.25]), ([0.5, 1.8], [0.5, 0.4]), ([0.4, 1.7], [0.5, 0.45])]
+    for t, (values, grads) in enumerate(steps, start=1):
+        _step(method, layer, values, grads)
+        grad = _hand_grad(w, grads, values, initial, 1.5)
+        m = [0.9 * mi + 0.1 * g for mi, g in zip(m, grad, strict=True)]
+        v = [0.999 * vi + 0.001 * g * g for vi, g in zip(v, grad, strict=True)]
+        w = _renormalised(
+            [
+                wi - 0.025 * (mi / (1 - 0.9**t)) / (math.sqrt(vi / (1 - 0.999**t)) + 1e-8)
+                for wi, mi, vi in zip(w, m, v, strict=True)
+            ]
+        )
+        assert method.task_weights.tolist() == pytest.approx(w, rel=1e-5)
+
+
+def test_weights_stay_positive():
+    layer = nn.Parameter(torch.zeros(1, 1))
+    method = _method(lr=10.0, optimizer="sgd")  # a huge step would push w_a below zero
+    _step(method, layer, [1.0, 1.0], [1.0, 0.1])
+    assert method.task_weights.min() > 0
+    assert method.task_weights.sum().item() == pytest.approx(2.0)
 
 
 def test_adam_moves_weight_toward_slower_task_and_keeps_sum():

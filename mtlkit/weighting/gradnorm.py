@@ -120,7 +120,7 @@ class GradNorm(Weighting):
         names, params = zip(*self.select_parameters(ctx.named_shared_parameters()), strict=True)
         norms = []
         for task, loss in losses.items():
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=False)
             unused = [n for n, g in zip(names, grads, strict=True) if g is None]
             if unused:
                 raise ConfigError(f"GradNorm layer {unused} gets no gradient from task {task!r}")
