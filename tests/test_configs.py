@@ -3,13 +3,25 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mtlkit.cli import cli_main
 from mtlkit.data.datamodule import MultiTaskDataModule
 from mtlkit.model import MultiTaskModule
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
+ALL = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
+
+
+def _standalone(path: str) -> bool:
+    top = yaml.safe_load((ROOT / path).read_text())
+    return "model" in top and "data" in top and "class_path" in top["model"]
+
+
+# Full configs run on their own; the others are overrides, stacked on the tiny base config.
+CONFIGS = [c for c in ALL if _standalone(c)]
+OVERRIDES = [c for c in ALL if not _standalone(c)]
+BASE = str(ROOT / "configs/tiny/tiny.yaml")
 # Quick overrides so a real fit of any config takes seconds: few steps, tiny evaluation.
 FAST = [
     "--trainer.max_steps=3",
@@ -26,6 +38,18 @@ FAST = [
 
 def test_configs_are_found():
     assert "configs/quickstart.yaml" in CONFIGS and "configs/tiny/tiny.yaml" in CONFIGS
+    assert "configs/weighting/gradnorm.yaml" in OVERRIDES
+
+
+@pytest.mark.parametrize("override", OVERRIDES)
+def test_override_stacks_and_fits(override, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    built = cli_main(["--config", BASE, "--config", str(ROOT / override)], run=False)
+    expected = yaml.safe_load((ROOT / override).read_text())["model"]["init_args"]["weighting"]
+    assert type(built.model.weighting).__name__ == expected["class_path"].rsplit(".", 1)[1]
+    cli = cli_main(["fit", "--config", BASE, "--config", str(ROOT / override), *FAST])
+    assert cli.trainer.global_step == 3
+    assert "train/trec/weight" in cli.trainer.callback_metrics
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -145,6 +145,8 @@ class MultiTaskModule(L.LightningModule):
             named_shared_parameters=lambda: [
                 (n, p) for n, p in self.encoder.named_parameters() if p.requires_grad
             ],
+            loss_scale=self._loss_scale(),
+            all_reduce_mean=self._all_reduce_mean,
         )
         combined = self.weighting(losses, ctx)
         n_examples = sum(int(s["input_ids"].shape[0]) for s in subs.values())
@@ -154,7 +156,23 @@ class MultiTaskModule(L.LightningModule):
             )
             self.log(f"train/{name}/weight", combined.weights[name].detach(), batch_size=1)
         self.log("train/loss", combined.loss.detach(), prog_bar=True, batch_size=n_examples)
-        return combined.loss
+        return combined.loss + self._absent_heads_term(losses)
+
+    def _loss_scale(self) -> float:
+        plugin = self._trainer.precision_plugin if self._trainer is not None else None
+        scaler = getattr(plugin, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None else 1.0
+
+    def _all_reduce_mean(self, tensor: Tensor) -> Tensor:
+        if self._trainer is None or self.trainer.world_size == 1:
+            return tensor
+        return self.trainer.strategy.reduce(tensor, reduce_op="mean")
+
+    def _absent_heads_term(self, losses: dict[str, Tensor]) -> Tensor | float:
+        # A zero that touches the heads of tasks absent from this step, so DDP's gradient
+        # all-reduce sees every parameter on every rank (no find_unused_parameters needed).
+        absent = [p for n, h in self.heads.items() if n not in losses for p in h.parameters()]
+        return sum((p.sum() * 0.0 for p in absent), 0.0)
 
     def _check_finite(self, losses: dict[str, Tensor]) -> None:
         bad = [n for n, loss in losses.items() if not torch.isfinite(loss)]

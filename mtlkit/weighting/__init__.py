@@ -1,7 +1,23 @@
 """Loss-weighting methods; each lives in its own module under one base class."""
 
 from mtlkit.weighting.base import StepContext, WeightedLoss, Weighting
+from mtlkit.weighting.dwa import DynamicWeightAverage
 from mtlkit.weighting.equal import EqualWeighting
+from mtlkit.weighting.famo import FAMO
+from mtlkit.weighting.gradnorm import GradNorm
+from mtlkit.weighting.rlw import RandomLossWeighting
 from mtlkit.weighting.static import StaticWeighting
+from mtlkit.weighting.uncertainty import UncertaintyWeighting
 
-__all__ = ["EqualWeighting", "StaticWeighting", "StepContext", "WeightedLoss", "Weighting"]
+__all__ = [
+    "FAMO",
+    "DynamicWeightAverage",
+    "EqualWeighting",
+    "GradNorm",
+    "RandomLossWeighting",
+    "StaticWeighting",
+    "StepContext",
+    "UncertaintyWeighting",
+    "WeightedLoss",
+    "Weighting",
+]

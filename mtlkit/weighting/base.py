@@ -26,6 +26,10 @@ class StepContext:
         shared_parameters: Returns the shared (encoder) parameters that require grad.
         named_shared_parameters: The same with their names (``model.encoder.layer.5...``), for
             methods that work on one chosen shared layer (GradNorm).
+        loss_scale: The fp16 gradient scaler's current scale (1 without one): methods that take
+            gradients themselves scale the losses by it and unscale before any arithmetic.
+        all_reduce_mean: Averages a tensor over the training processes (identity in a single
+            process); every process must call it with tensors of the same shape.
         representations: Per-task shared representation (the encoder output the head receives),
             for methods that work on the representation (MGDA-UB, ...).
     """
@@ -37,6 +41,8 @@ class StepContext:
     named_shared_parameters: Callable[[], list[tuple[str, nn.Parameter]]] = field(
         default=lambda: []
     )
+    loss_scale: float = 1.0
+    all_reduce_mean: Callable[[Tensor], Tensor] = field(default=lambda t: t)
 
 
 @dataclass

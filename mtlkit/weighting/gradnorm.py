@@ -28,7 +28,9 @@ class GradNorm(Weighting):
 
     The returned objective is ``sum_i w_i L_i`` with the pre-update weights detached, so the
     model's backward is the ordinary one; the weights live in buffers and are updated inside
-    :meth:`forward` by their own Adam (or SGD) step, never by the model's optimizer.
+    :meth:`forward` by their own Adam (or SGD) step, never by the model's optimizer. As
+    ``|| grad_W L_i ||`` does not depend on ``w``, it is taken without ``create_graph`` (no
+    double backward): ``dL_grad/dw_i = ||grad_W L_i|| * sign(G_i - target_i)`` exactly.
 
     Only the tasks present in a step take part; ``L_i(0)`` is each task's loss at the first
     step it is seen. Norms and ratios are computed in float32; a step whose ``G_i`` or weight
@@ -116,11 +118,13 @@ class GradNorm(Weighting):
             self._update(losses, ctx, idx, values)
         return WeightedLoss(combined, weights)
 
-    def _update(self, losses: Mapping[str, Tensor], ctx: StepContext, idx: Tensor, values) -> None:
+    def _update(
+        self, losses: Mapping[str, Tensor], ctx: StepContext, idx: Tensor, values: Tensor
+    ) -> None:
         names, params = zip(*self.select_parameters(ctx.named_shared_parameters()), strict=True)
         norms = []
         for task, loss in losses.items():
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=False)
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
             unused = [n for n, g in zip(names, grads, strict=True) if g is None]
             if unused:
                 raise ConfigError(f"GradNorm layer {unused} gets no gradient from task {task!r}")

@@ -1,0 +1,101 @@
+"""Gradient-level methods (PCGrad, CAGrad, MGDA, ...) behind the loss-weighting interface."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from mtlkit.weighting.base import StepContext, WeightedLoss, Weighting
+from mtlkit.weighting.gradient.base import GradientAggregator
+
+
+class GradientWeighting(Weighting):
+    """Runs a gradient aggregator and back-propagates the loss combination it implies.
+
+    Every aggregator here returns ``direction = sum_t w_t g_t``, so back-propagating
+    ``sum_t w_t L_t`` (weights detached) gives the shared parameters exactly the aggregated
+    direction, and the model keeps Lightning's automatic optimisation, gradient scaling and DDP.
+
+    Per-task gradients are taken of ``L_t * ctx.loss_scale`` (the fp16 gradient scaler's scale,
+    1 otherwise, so small gradients do not underflow) and unscaled in float32 before any
+    arithmetic. If any is non-finite (an fp16 overflow step), the aggregator is not called, its
+    state is left as it was, and the step falls back to equal weights.
+
+    ``aggregator.works_on`` picks the gradients: ``"parameters"`` takes one backward pass per
+    task through the encoder; ``"representation"`` takes the gradient of each task's loss with
+    respect to its own shared representation (the head input), summed over the task's examples
+    and tokens, which costs only a pass through the heads (MGDA-UB, Sener & Koltun 2018).
+
+    Args:
+        aggregator: The gradient aggregation method.
+    """
+
+    needs_all_tasks = True
+
+    def __init__(self, aggregator: GradientAggregator) -> None:
+        super().__init__()
+        self.aggregator = aggregator
+
+    def setup(self, task_names: Sequence[str]) -> None:
+        super().setup(task_names)
+        self.aggregator.setup(task_names)
+
+    def forward(self, losses: Mapping[str, Tensor], ctx: StepContext) -> WeightedLoss:
+        device = next(iter(losses.values())).device
+        ones = {t: torch.ones((), device=device) for t in losses}
+        if not torch.is_grad_enabled():
+            return WeightedLoss(self.weighted_sum(losses, ones), ones)
+        # One row per task of the model (zeros where absent), so every process all-reduces the
+        # same shapes even when a task is missing from its part of the batch.
+        present = torch.tensor([float(t in losses) for t in self.task_names], device=device)
+        values = torch.stack(
+            [
+                losses[t].detach().float() if t in losses else present.new_zeros(())
+                for t in self.task_names
+            ]
+        )
+        share = ctx.all_reduce_mean(present)
+        rows = share > 0
+        grads = ctx.all_reduce_mean(self.task_gradients(losses, ctx))[rows]
+        values = ctx.all_reduce_mean(values)[rows]
+        scale = share[rows].unsqueeze(1)  # mean over the processes where the task was present
+        grads, values = grads / scale, values / scale.squeeze(1)
+        if int(rows.sum()) < 2 or not torch.isfinite(grads).all():
+            return WeightedLoss(self.weighted_sum(losses, ones), ones)
+        names = [t for t, r in zip(self.task_names, rows.tolist(), strict=True) if r]
+        result = self.aggregator.aggregate(grads, values.cpu(), names)
+        weights = {t: w.to(device) for t, w in result.weights_by_task.items() if t in losses}
+        return WeightedLoss(self.weighted_sum(losses, weights), weights)
+
+    def task_gradients(self, losses: Mapping[str, Tensor], ctx: StepContext) -> Tensor:
+        """``[T, P]`` float32 unscaled per-task gradients, zero rows for absent tasks."""
+        scale = float(ctx.loss_scale)
+        representation = self.aggregator.works_on == "representation"
+        params = [] if representation else ctx.shared_parameters()
+        width = (
+            next(iter(ctx.representations.values())).shape[-1]
+            if representation
+            else sum(p.numel() for p in params)
+        )
+        device = next(iter(losses.values())).device
+        rows = []
+        for t in self.task_names:
+            if t not in losses:
+                rows.append(torch.zeros(width, device=device))
+            elif representation:
+                (g,) = torch.autograd.grad(
+                    losses[t] * scale, ctx.representations[t], retain_graph=True
+                )
+                rows.append(g.float().reshape(-1, width).sum(0))
+            else:
+                gs = torch.autograd.grad(
+                    losses[t] * scale, params, retain_graph=True, allow_unused=True
+                )
+                rows.append(torch.cat([_flat(p, g) for p, g in zip(params, gs, strict=True)]))
+        return torch.stack(rows) / scale
+
+
+def _flat(param: Tensor, grad: Tensor | None) -> Tensor:
+    return torch.zeros(param.numel(), device=param.device) if grad is None else grad.float().ravel()
