@@ -47,6 +47,9 @@ def test_override_stacks_and_fits(override, tmp_path, monkeypatch):
     built = cli_main(["--config", BASE, "--config", str(ROOT / override)], run=False)
     expected = yaml.safe_load((ROOT / override).read_text())["model"]["init_args"]["weighting"]
     assert type(built.model.weighting).__name__ == expected["class_path"].rsplit(".", 1)[1]
+    if "aggregator" in expected.get("init_args", {}):
+        name = expected["init_args"]["aggregator"]["class_path"].rsplit(".", 1)[1]
+        assert type(built.model.weighting.aggregator).__name__ == name
     cli = cli_main(["fit", "--config", BASE, "--config", str(ROOT / override), *FAST])
     assert cli.trainer.global_step == 3
     assert "train/trec/weight" in cli.trainer.callback_metrics

@@ -30,15 +30,29 @@ def test_minilm_multitask_beats_chance(tmp_path):
         ),
     ]
     dm = MultiTaskDataModule(
-        tasks, tokenizer=MINILM, batch_mode="mixed", batch_size=16, steps_per_epoch=70,
-        max_train_examples=800, max_eval_examples=200, sampling=Uniform(), cache_dir=None,
+        tasks,
+        tokenizer=MINILM,
+        batch_mode="mixed",
+        batch_size=16,
+        steps_per_epoch=70,
+        max_train_examples=800,
+        max_eval_examples=200,
+        sampling=Uniform(),
+        cache_dir=None,
     )
     model = MultiTaskModule(
-        HFEncoder(MINILM), dm.tasks, head_lr=2e-3,
+        HFEncoder(MINILM),
+        dm.tasks,
+        head_lr=2e-3,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4),
     )
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, dm)
     m = trainer.callback_metrics
     assert len(dm.tokenizer) == 30522

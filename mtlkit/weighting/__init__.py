@@ -5,6 +5,7 @@ from mtlkit.weighting.dwa import DynamicWeightAverage
 from mtlkit.weighting.equal import EqualWeighting
 from mtlkit.weighting.famo import FAMO
 from mtlkit.weighting.gradnorm import GradNorm
+from mtlkit.weighting.gradient_weighting import GradientWeighting
 from mtlkit.weighting.rlw import RandomLossWeighting
 from mtlkit.weighting.static import StaticWeighting
 from mtlkit.weighting.uncertainty import UncertaintyWeighting
@@ -14,6 +15,7 @@ __all__ = [
     "DynamicWeightAverage",
     "EqualWeighting",
     "GradNorm",
+    "GradientWeighting",
     "RandomLossWeighting",
     "StaticWeighting",
     "StepContext",
