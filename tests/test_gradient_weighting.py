@@ -3,9 +3,9 @@
 import lightning as L
 import pytest
 import torch
+from helpers import tiny_model, toy_datamodule, toy_task
 from torch import nn
 
-from helpers import tiny_model, toy_datamodule, toy_task
 from mtlkit.weighting import GradientWeighting, StepContext
 from mtlkit.weighting.gradient import (
     IMTLG,

@@ -62,6 +62,7 @@ class MultiTaskModule(L.LightningModule):
         self.pooling, self.dropout = pooling, dropout
         self.optimizer_fn, self.scheduler_fn, self.head_lr = optimizer, lr_scheduler, head_lr
         self.heads = nn.ModuleDict()
+        self.last_step: tuple[dict[str, Tensor], StepContext] | None = None
         self.metrics = nn.ModuleDict()
         if all(t.is_ready for t in tasks):
             self.configure_model()
@@ -149,6 +150,7 @@ class MultiTaskModule(L.LightningModule):
             all_reduce_mean=self._all_reduce_mean,
         )
         combined = self.weighting(losses, ctx)
+        self.last_step = (losses, ctx)  # read by callbacks before backward (diagnostics)
         n_examples = sum(int(s["input_ids"].shape[0]) for s in subs.values())
         for name, loss in losses.items():
             self.log(
@@ -173,6 +175,9 @@ class MultiTaskModule(L.LightningModule):
         # all-reduce sees every parameter on every rank (no find_unused_parameters needed).
         absent = [p for n, h in self.heads.items() if n not in losses for p in h.parameters()]
         return sum((p.sum() * 0.0 for p in absent), 0.0)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.last_step = None  # do not keep the step's graph alive past its backward
 
     def _check_finite(self, losses: dict[str, Tensor]) -> None:
         bad = [n for n, loss in losses.items() if not torch.isfinite(loss)]

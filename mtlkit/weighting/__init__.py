@@ -4,8 +4,8 @@ from mtlkit.weighting.base import StepContext, WeightedLoss, Weighting
 from mtlkit.weighting.dwa import DynamicWeightAverage
 from mtlkit.weighting.equal import EqualWeighting
 from mtlkit.weighting.famo import FAMO
-from mtlkit.weighting.gradnorm import GradNorm
 from mtlkit.weighting.gradient_weighting import GradientWeighting
+from mtlkit.weighting.gradnorm import GradNorm
 from mtlkit.weighting.rlw import RandomLossWeighting
 from mtlkit.weighting.static import StaticWeighting
 from mtlkit.weighting.uncertainty import UncertaintyWeighting

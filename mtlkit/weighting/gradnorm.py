@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Literal
 
@@ -11,6 +10,7 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.weighting.base import StepContext, WeightedLoss, Weighting
+from mtlkit.weighting.layers import select_shared_layer
 
 _MIN_WEIGHT = 1e-4  # floor before renormalising: a weight never turns negative
 _BETAS, _EPS = (0.9, 0.999), 1e-8
@@ -79,27 +79,7 @@ class GradNorm(Weighting):
 
     def select_parameters(self, named: Sequence[tuple[str, nn.Parameter]]) -> list[tuple]:
         """The shared layer ``W``: parameters chosen by ``shared_layer`` or the default rule."""
-        if self.shared_layer is None:
-            ok = [(n, p) for n, p in named if p.ndim >= 2 and "pooler" not in n]
-            ok = [(n, p) for n, p in ok if "embed" not in n]
-            if not ok:
-                raise ConfigError("GradNorm found no shared 2-D parameter; set shared_layer")
-            return ok[-1:]
-        try:
-            regex = re.compile(self.shared_layer)
-        except re.error:
-            regex = None
-        chosen = [
-            (n, p)
-            for n, p in named
-            if self.shared_layer in n or (regex is not None and regex.search(n))
-        ]
-        if not chosen:
-            raise ConfigError(
-                f"GradNorm shared_layer {self.shared_layer!r} matches no shared parameter; "
-                f"e.g. {[n for n, _ in named][-3:]}"
-            )
-        return chosen
+        return select_shared_layer(named, self.shared_layer, "GradNorm")
 
     def forward(self, losses: Mapping[str, Tensor], ctx: StepContext) -> WeightedLoss:
         index = {t: i for i, t in enumerate(self.task_names)}

@@ -1,0 +1,98 @@
+"""Gradient-conflict diagnostics: per-task gradient norms and pairwise cosine similarity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtlkit.weighting.layers import select_shared_layer
+
+
+def task_gradients(losses: dict[str, Tensor], params: list[Tensor]) -> dict[str, Tensor]:
+    """Flattened float32 gradient of each task loss with respect to ``params`` (graph kept)."""
+    out = {}
+    for name, loss in losses.items():
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        out[name] = torch.cat(
+            [
+                torch.zeros(p.numel(), device=p.device) if g is None else g.float().ravel()
+                for p, g in zip(params, grads, strict=True)
+            ]
+        )
+    return out
+
+
+def cosine_matrix(grads: dict[str, Tensor]) -> Tensor:
+    """``[T, T]`` cosine similarity of the task gradients (0 where a gradient is zero)."""
+    g = torch.stack(list(grads.values()))
+    unit = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return unit @ unit.T
+
+
+def matrix_image(matrix: np.ndarray, cell: int = 24) -> np.ndarray:
+    """An ``[H, W, 3]`` float image of values in [-1, 1]: blue (-1), white (0), red (+1)."""
+    m = np.clip(matrix, -1.0, 1.0)
+    red = np.where(m < 0, 1.0 + m, 1.0)
+    blue = np.where(m > 0, 1.0 - m, 1.0)
+    green = 1.0 - np.abs(m)
+    rgb = np.stack([red, green, blue], axis=-1)
+    return np.kron(rgb, np.ones((cell, cell, 1)))
+
+
+class GradientDiagnostics(L.Callback):
+    """Logs per-task gradient norms and gradient conflict every ``every_n_steps`` steps.
+
+    Just before the backward pass of a logging step it takes each task's gradient on one shared
+    layer (by default the last one, as GradNorm) — a pass through the heads and that layer only —
+    and logs ``diag/<task>/grad_norm``, ``diag/cos/<a>~<b>`` and, with TensorBoard, an image of
+    the cosine matrix (``diag/gradient_cosine``). Task weights are logged by the model every step
+    (``train/<task>/weight``). Only tasks present in the step are compared.
+
+    Args:
+        every_n_steps: Logging interval in optimisation steps.
+        shared_layer: Substring or regex of the shared parameter(s) to use (default: last layer).
+    """
+
+    def __init__(self, every_n_steps: int = 100, shared_layer: str | None = None) -> None:
+        self.every_n_steps = every_n_steps
+        self.shared_layer = shared_layer
+        self.last: dict[str, Any] = {}
+
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor
+    ) -> None:
+        step = getattr(pl_module, "last_step", None)
+        if step is None or trainer.global_step % self.every_n_steps != 0:
+            return
+        losses, ctx = step
+        if len(losses) < 2:
+            return
+        named = select_shared_layer(ctx.named_shared_parameters(), self.shared_layer, "diagnostics")
+        grads = task_gradients(dict(losses), [p for _, p in named])
+        cos = cosine_matrix(grads)
+        names = list(grads)
+        values = {f"diag/{t}/grad_norm": g.norm() for t, g in grads.items()}
+        for i, a in enumerate(names):
+            for j in range(i + 1, len(names)):
+                values[f"diag/cos/{a}~{names[j]}"] = cos[i, j]
+        # Written straight to the loggers: self.log would repeat the value on later steps.
+        for logger in trainer.loggers:
+            logger.log_metrics({k: float(v) for k, v in values.items()}, trainer.global_step)
+        self.last = {
+            "tasks": names,
+            "cosine": cos.detach().cpu().numpy(),
+            "step": trainer.global_step,
+        }
+        self._log_image(trainer)
+
+    def _log_image(self, trainer: L.Trainer) -> None:
+        experiment = getattr(trainer.logger, "experiment", None)
+        if experiment is not None and hasattr(experiment, "add_image"):
+            image = matrix_image(self.last["cosine"])
+            experiment.add_image(
+                "diag/gradient_cosine", image, self.last["step"], dataformats="HWC"
+            )
