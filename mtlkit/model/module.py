@@ -160,10 +160,28 @@ class MultiTaskModule(L.LightningModule):
         self.log("train/loss", combined.loss.detach(), prog_bar=True, batch_size=n_examples)
         return combined.loss + self._absent_heads_term(losses)
 
-    def _loss_scale(self) -> float:
+    def _scaler(self) -> Any:
         plugin = self._trainer.precision_plugin if self._trainer is not None else None
-        scaler = getattr(plugin, "scaler", None)
+        return getattr(plugin, "scaler", None)
+
+    def _loss_scale(self) -> float:
+        scaler = self._scaler()
         return float(scaler.get_scale()) if scaler is not None else 1.0
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        scaler = self._scaler()
+        if scaler is None:
+            return super().optimizer_step(*args, **kwargs)
+        # The step's forward (inside the closure) may update the weighting method's state; when
+        # the fp16 gradient scaler then skips the step on overflow, that update is undone too.
+        before = {
+            k: v.clone() if torch.is_tensor(v) else v
+            for k, v in self.weighting.state_dict().items()
+        }
+        scale = scaler.get_scale()
+        super().optimizer_step(*args, **kwargs)
+        if scaler.get_scale() < scale:
+            self.weighting.load_state_dict(before)
 
     def _all_reduce_mean(self, tensor: Tensor) -> Tensor:
         if self._trainer is None or self.trainer.world_size == 1:
