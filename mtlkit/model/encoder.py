@@ -43,6 +43,10 @@ class HFEncoder(nn.Module):
                 raise ConfigError("HFEncoder config needs a 'model_type' key (e.g. 'bert')")
             self.model = AutoModel.from_config(AutoConfig.for_model(model_type, **cfg))
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off
+        if getattr(self.model, "pooler", None) is not None:
+            # Heads pool the token states themselves; an unused pooler would only cost memory
+            # and make DDP fail on parameters that receive no gradient.
+            self.model.pooler = None
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.name_or_path = name_or_path

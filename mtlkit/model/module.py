@@ -138,6 +138,7 @@ class MultiTaskModule(L.LightningModule):
             for n, o in outputs.items()
         }
         self._check_finite(losses)
+        losses = self._global_mean_losses(losses, subs)
         ctx = StepContext(
             step=self.global_step,
             task_names=self.task_names,
@@ -153,12 +154,39 @@ class MultiTaskModule(L.LightningModule):
         self.last_step = (losses, ctx)  # read by callbacks before backward (diagnostics)
         n_examples = sum(int(s["input_ids"].shape[0]) for s in subs.values())
         for name, loss in losses.items():
-            self.log(
-                f"train/{name}/loss", loss.detach(), batch_size=subs[name]["input_ids"].shape[0]
-            )
+            self.log(f"train/{name}/loss", loss.detach(), batch_size=1)
             self.log(f"train/{name}/weight", combined.weights[name].detach(), batch_size=1)
         self.log("train/loss", combined.loss.detach(), prog_bar=True, batch_size=n_examples)
-        return combined.loss + self._absent_heads_term(losses)
+        return combined.loss + self._absent_heads_term(subs)
+
+    def _global_mean_losses(self, losses: dict[str, Tensor], subs: dict[str, Any]) -> dict:
+        """Rescales each process's per-task mean loss so that DDP's gradient average equals the
+        gradient of the mean over the *global* batch, even when processes hold different numbers
+        of a task's examples (mixed batches)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return losses
+        device = next(iter(losses.values())).device
+        counts = torch.tensor(
+            [
+                float(self.tasks[t].loss_count(subs[t]["labels"])) if t in losses else 0.0
+                for t in self.task_names
+            ],
+            device=device,
+        )
+        totals = self.trainer.strategy.reduce(counts.clone(), reduce_op="sum")
+        factor = counts * self.trainer.world_size / totals.clamp_min(1.0)
+        index = {t: i for i, t in enumerate(self.task_names)}
+        scaled = {t: loss * factor[index[t]] for t, loss in losses.items()}
+        # Averaged over processes, the rescaled values are the global batch's mean losses; each
+        # loss takes that value (its gradient is unchanged), so methods that read loss values
+        # (DWA, FAMO, GradNorm, uncertainty) see the same numbers on every process.
+        values = torch.zeros(len(self.task_names), device=device)
+        for t, loss in scaled.items():
+            values[index[t]] = loss.detach().float()
+        values = self.trainer.strategy.reduce(values, reduce_op="mean")
+        return {
+            t: loss - loss.detach() + values[index[t]].to(loss.dtype) for t, loss in scaled.items()
+        }
 
     def _scaler(self) -> Any:
         plugin = self._trainer.precision_plugin if self._trainer is not None else None
@@ -188,10 +216,10 @@ class MultiTaskModule(L.LightningModule):
             return tensor
         return self.trainer.strategy.reduce(tensor, reduce_op="mean")
 
-    def _absent_heads_term(self, losses: dict[str, Tensor]) -> Tensor | float:
+    def _absent_heads_term(self, subs: dict[str, Any]) -> Tensor | float:
         # A zero that touches the heads of tasks absent from this step, so DDP's gradient
         # all-reduce sees every parameter on every rank (no find_unused_parameters needed).
-        absent = [p for n, h in self.heads.items() if n not in losses for p in h.parameters()]
+        absent = [p for n, h in self.heads.items() if n not in subs for p in h.parameters()]
         return sum((p.sum() * 0.0 for p in absent), 0.0)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -120,6 +120,10 @@ class Task(ABC):
     def build_metrics(self) -> MetricCollection:
         """Fresh metric objects (one collection per split)."""
 
+    def loss_count(self, labels: Tensor) -> int:
+        """How many targets the loss of a sub-batch averages over (examples by default)."""
+        return int(labels.shape[0])
+
     def metric_inputs(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Turns head outputs and targets into the ``(preds, target)`` the metrics take."""
         return logits.detach(), labels

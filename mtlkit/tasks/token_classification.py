@@ -196,6 +196,9 @@ class TokenClassification(Task):
         assert self.num_labels is not None, f"task {self.name!r}: num_labels unresolved"
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, self.num_labels))
 
+    def loss_count(self, labels: Tensor) -> int:
+        return int((labels != IGNORE_INDEX).sum())
+
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Mean cross-entropy over labelled tokens; 0 (with gradient) when none is labelled."""
         total = F.cross_entropy(

@@ -49,19 +49,21 @@ class GradientWeighting(Weighting):
             return WeightedLoss(self.weighted_sum(losses, ones), ones)
         # One row per task of the model (zeros where absent), so every process all-reduces the
         # same shapes even when a task is missing from its part of the batch.
-        present = torch.tensor([float(t in losses) for t in self.task_names], device=device)
+        present = torch.tensor(
+            [float(t in losses and losses[t].requires_grad) for t in self.task_names],
+            device=device,
+        )
         values = torch.stack(
             [
                 losses[t].detach().float() if t in losses else present.new_zeros(())
                 for t in self.task_names
             ]
         )
-        share = ctx.all_reduce_mean(present)
-        rows = share > 0
+        # The model rescales each process's losses so that these means over processes are the
+        # global batch's gradients and losses (absent tasks contribute zero rows).
+        rows = ctx.all_reduce_mean(present) > 0
         grads = ctx.all_reduce_mean(self.task_gradients(losses, ctx))[rows]
         values = ctx.all_reduce_mean(values)[rows]
-        scale = share[rows].unsqueeze(1)  # mean over the processes where the task was present
-        grads, values = grads / scale, values / scale.squeeze(1)
         if int(rows.sum()) < 2 or not torch.isfinite(grads).all():
             return WeightedLoss(self.weighted_sum(losses, ones), ones)
         names = [t for t, r in zip(self.task_names, rows.tolist(), strict=True) if r]
@@ -82,7 +84,7 @@ class GradientWeighting(Weighting):
         device = next(iter(losses.values())).device
         rows = []
         for t in self.task_names:
-            if t not in losses:
+            if t not in losses or not losses[t].requires_grad:  # absent from this process
                 rows.append(torch.zeros(width, device=device))
             elif representation:
                 (g,) = torch.autograd.grad(

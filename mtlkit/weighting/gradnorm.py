@@ -94,7 +94,7 @@ class GradNorm(Weighting):
         combined = self.weighted_sum(
             losses, {t: w.to(losses[t].device) for t, w in weights.items()}
         )
-        if len(present) > 1 and all(loss.requires_grad for loss in losses.values()):
+        if len(present) > 1 and any(loss.requires_grad for loss in losses.values()):
             self._update(losses, ctx, idx, values)
         return WeightedLoss(combined, weights)
 
@@ -102,14 +102,20 @@ class GradNorm(Weighting):
         self, losses: Mapping[str, Tensor], ctx: StepContext, idx: Tensor, values: Tensor
     ) -> None:
         names, params = zip(*self.select_parameters(ctx.named_shared_parameters()), strict=True)
-        norms = []
+        rows = {}
         for task, loss in losses.items():
+            if not loss.requires_grad:  # present on other processes only (DDP)
+                continue
             grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
             unused = [n for n, g in zip(names, grads, strict=True) if g is None]
             if unused:
                 raise ConfigError(f"GradNorm layer {unused} gets no gradient from task {task!r}")
-            norms.append(torch.sqrt(sum(g.float().pow(2).sum() for g in grads)))
-        norms = torch.stack(norms).to(idx.device)
+            rows[task] = torch.cat([g.float().ravel() for g in grads])
+        # Same shape on every process (zero rows for absent tasks), then averaged: the norms are
+        # those of the global batch's gradients under DDP.
+        zero = torch.zeros_like(next(iter(rows.values())))
+        full = ctx.all_reduce_mean(torch.stack([rows.get(t, zero) for t in self.task_names]))
+        norms = full[idx.to(full.device)].norm(dim=1).to(idx.device)
         with torch.enable_grad():
             w = self.task_weights[idx].detach().requires_grad_()
             g_norm = w * norms  # G_i = || grad_W (w_i L_i) ||
