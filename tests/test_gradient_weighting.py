@@ -125,3 +125,20 @@ def test_model_trains_with_a_gradient_method(agg, tmp_path):
     trainer.fit(model, dm)
     m = trainer.callback_metrics
     assert m["val/a/accuracy"] > 0.7 and m["val/b/accuracy"] > 0.7
+
+
+def test_any_aggregator_can_work_on_the_representation():
+    encoder, heads, x, targets = _setup()
+    rep = GradientWeighting(PCGrad(), works_on="representation")
+    base = GradientWeighting(MGDA(), works_on="representation")
+    ub = GradientWeighting(MGDAUB())
+    for m in (rep, base, ub):
+        m.setup(TASKS)
+    _, a = _step(base, encoder, heads, x, targets)
+    _, b = _step(ub, encoder, heads, x, targets)
+    for t in TASKS:  # MGDA on the representation is MGDA-UB
+        torch.testing.assert_close(a.weights[t], b.weights[t])
+    _, c = _step(rep, encoder, heads, x, targets)
+    assert set(c.weights) == set(TASKS)
+    with pytest.raises(Exception, match="works_on"):
+        GradientWeighting(PCGrad(), works_on="params")

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from mtlkit.errors import ConfigError
 from mtlkit.weighting.base import StepContext, WeightedLoss, Weighting
-from mtlkit.weighting.gradient.base import GradientAggregator
+from mtlkit.weighting.gradient.base import GradientAggregator, WorksOn
 
 
 class GradientWeighting(Weighting):
@@ -30,13 +31,21 @@ class GradientWeighting(Weighting):
 
     Args:
         aggregator: The gradient aggregation method.
+        works_on: ``"parameters"`` or ``"representation"``; default: the aggregator's own
+            (parameters for all but ``MGDAUB``). On the representation every method costs about
+            one extra pass through the heads instead of one backward pass per task.
     """
 
     needs_all_tasks = True
 
-    def __init__(self, aggregator: GradientAggregator) -> None:
+    def __init__(self, aggregator: GradientAggregator, works_on: WorksOn | None = None) -> None:
         super().__init__()
+        if works_on not in (None, "parameters", "representation"):
+            raise ConfigError(
+                f"works_on must be 'parameters' or 'representation', got {works_on!r}"
+            )
         self.aggregator = aggregator
+        self.works_on: WorksOn = works_on or aggregator.works_on
 
     def setup(self, task_names: Sequence[str]) -> None:
         super().setup(task_names)
@@ -74,7 +83,7 @@ class GradientWeighting(Weighting):
     def task_gradients(self, losses: Mapping[str, Tensor], ctx: StepContext) -> Tensor:
         """``[T, P]`` float32 unscaled per-task gradients, zero rows for absent tasks."""
         scale = float(ctx.loss_scale)
-        representation = self.aggregator.works_on == "representation"
+        representation = self.works_on == "representation"
         params = [] if representation else ctx.shared_parameters()
         width = (
             next(iter(ctx.representations.values())).shape[-1]

@@ -183,10 +183,18 @@ class NashMTL(GradientAggregator):
         if self._nash is None:
             self._build(grads.shape[0])
         assert self._nash is not None
-        if grads.shape[0] != self._nash.n_tasks:
+        if grads.shape[0] not in (1, self._nash.n_tasks):
             raise ValueError(
                 f"NashMTL needs all {self._nash.n_tasks} tasks in every step, got {grads.shape[0]}"
             )
+        if not bool((grads.norm(dim=1) > 0).all()):
+            # Nash bargaining is undefined when a task has no gradient (cvxpy gets NaN
+            # parameters): no update, and the solver's warm start is left as it was.
+            weights = torch.zeros(grads.shape[0], device=grads.device)
+            return weights @ grads, weights
+        if grads.shape[0] == 1:  # the bargaining solution alpha ||g||^2 = 1/alpha, in closed form
+            weights = 1.0 / grads.norm(dim=1)
+            return weights @ grads, weights
         weights = self._nash.weighting(grads).to(device=grads.device, dtype=torch.float32)
         return weights @ grads, weights
 

@@ -1,0 +1,177 @@
+"""Time per training step of every weighting method relative to equal weighting.
+
+    python -m benchmarks.weighting_overhead            # tiny encoder and the packaged MiniLM
+    python -m benchmarks.weighting_overhead --quick    # tiny encoder only
+
+Same batches for every method (mixed batches: every task in every step), 2, 4 and 8 tasks; one
+step = forward, the method, backward, optimizer step. Methods are timed in interleaved rounds and
+the median round is kept. Writes ``benchmarks/results/weighting_overhead.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from benchmarks.common import write_result
+from mtlkit.data import InMemory
+from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.paths import MINILM
+from mtlkit.tasks import SequenceClassification
+from mtlkit.weighting import (
+    FAMO,
+    DynamicWeightAverage,
+    EqualWeighting,
+    GradientWeighting,
+    GradNorm,
+    RandomLossWeighting,
+    UncertaintyWeighting,
+    Weighting,
+)
+from mtlkit.weighting.gradient import IMTLG, MGDAUB, AlignedMTL, CAGrad, PCGrad, UPGrad
+
+TINY = {
+    "model_type": "bert",
+    "vocab_size": 155,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "max_position_embeddings": 128,
+}
+
+#: name -> (kind, factory); kind decides the target.
+METHODS: dict[str, tuple[str, Callable[[], Weighting]]] = {
+    "equal": ("baseline", EqualWeighting),
+    "uncertainty": ("loss", UncertaintyWeighting),
+    "dwa": ("loss", DynamicWeightAverage),
+    "rlw": ("loss", RandomLossWeighting),
+    "famo": ("loss", FAMO),
+    "gradnorm": ("gradnorm", GradNorm),
+    **{
+        f"{name}/rep": ("representation", lambda a=agg: GradientWeighting(a(), "representation"))
+        for name, agg in [
+            ("pcgrad", PCGrad),
+            ("cagrad", CAGrad),
+            ("mgda", MGDAUB),
+            ("imtl_g", IMTLG),
+            ("aligned_mtl", AlignedMTL),
+            ("upgrad", UPGrad),
+        ]
+    },
+    "pcgrad/params": ("parameters", lambda: GradientWeighting(PCGrad(), "parameters")),
+    "mgda/params": ("parameters", lambda: GradientWeighting(MGDAUB(), "parameters")),
+}
+TARGETS = {"loss": 1.05, "gradnorm": 1.3, "representation": 1.5}
+
+
+def make_batch(tasks: int, per_task: int, length: int, vocab: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    subs = {}
+    for t in range(tasks):
+        ids = torch.randint(5, vocab, (per_task, length), generator=g)
+        subs[f"t{t}"] = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "labels": torch.randint(0, 2, (per_task,), generator=g),
+        }
+    return {"tasks": subs}
+
+
+def build(encoder: Callable[[], HFEncoder], tasks: int, method: Weighting) -> MultiTaskModule:
+    specs = [
+        SequenceClassification(
+            f"t{t}", InMemory({"train": {"text": ["x"], "label": [0]}}), num_labels=2
+        )
+        for t in range(tasks)
+    ]
+    torch.manual_seed(0)
+    model = MultiTaskModule(encoder(), specs, weighting=method, lr_scheduler=None)
+    model.log = lambda *a, **k: None  # timing the step, not Lightning's logging
+    return model
+
+
+def time_steps(model: MultiTaskModule, batch: dict, steps: int) -> float:
+    optimizer = model.configure_optimizers()
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = model.training_step(batch, 0)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return (time.perf_counter() - start) / steps
+
+
+def measure(encoder, vocab, tasks, per_task, length, steps, rounds, methods) -> dict[str, float]:
+    batch = make_batch(tasks, per_task, length, vocab)
+    models = {name: build(encoder, tasks, METHODS[name][1]()) for name in methods}
+    for model in models.values():
+        time_steps(model, batch, 2)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(time_steps(model, batch, steps))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| encoder | tasks | method | kind | s/step | vs equal | target | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        target = TARGETS.get(r["kind"])
+        met = (
+            ""
+            if target is None or (r["kind"] == "representation" and r["tasks"] != 8)
+            else ("yes" if r["ratio"] <= target else "no")
+        )
+        lines.append(
+            f"| {r['encoder']} | {r['tasks']} | {r['method']} | {r['kind']} | {r['seconds']:.4f} "
+            f"| {r['ratio']:.2f}x | {'' if target is None else f'{target}x'} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny encoder only")
+    args = parser.parse_args()
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    setups = [("tiny", lambda: HFEncoder(config=dict(TINY)), 155, 8, 32, 10, 5)]
+    if not args.quick:
+        setups.append(("MiniLM-L6", lambda: HFEncoder(MINILM), 30522, 4, 32, 2, 3))
+    rows = []
+    for label, encoder, vocab, per_task, length, steps, rounds in setups:
+        for tasks in (2, 4, 8):
+            methods = [m for m in METHODS if not (label != "tiny" and m.endswith("/params"))]
+            result = measure(encoder, vocab, tasks, per_task, length, steps, rounds, methods)
+            for name, seconds in result.items():
+                rows.append(
+                    {
+                        "encoder": label,
+                        "tasks": tasks,
+                        "method": name,
+                        "kind": METHODS[name][0],
+                        "seconds": seconds,
+                        "ratio": seconds / result["equal"],
+                    }
+                )
+            print(markdown([r for r in rows if r["encoder"] == label and r["tasks"] == tasks]))
+    payload = {
+        "targets": TARGETS,
+        "rows": rows,
+        "note": "median over rounds; mixed batches of per_task examples per task",
+    }
+    path = write_result("weighting_overhead", payload, markdown(rows))
+    summary = markdown([r for r in rows if r["tasks"] == 8])  # the README shows 8 tasks
+    (path.parent / "weighting_overhead_8tasks.md").write_text(summary)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
