@@ -69,10 +69,11 @@ class GradientDiagnostics(L.Callback):
         if step is None or trainer.global_step % self.every_n_steps != 0:
             return
         losses, ctx = step
+        losses = {t: loss for t, loss in losses.items() if loss.requires_grad}  # local tasks
         if len(losses) < 2:
             return
         named = select_shared_layer(ctx.named_shared_parameters(), self.shared_layer, "diagnostics")
-        grads = task_gradients(dict(losses), [p for _, p in named])
+        grads = task_gradients(losses, [p for _, p in named])
         cos = cosine_matrix(grads)
         names = list(grads)
         values = {f"diag/{t}/grad_norm": g.norm() for t, g in grads.items()}

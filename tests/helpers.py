@@ -5,33 +5,11 @@ from __future__ import annotations
 from mtlkit.data import InMemory, MultiTaskDataModule
 from mtlkit.model import HFEncoder, MultiTaskModule
 from mtlkit.tasks import SequenceClassification
+from mtlkit.testing import TINY_ENCODER, TINY_WORDS
 
 TOKENIZER = "pkg:mtlkit/testing/tiny_tokenizer"
-TINY_ENCODER = {
-    "model_type": "bert",
-    "vocab_size": 155,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 37,
-    "max_position_embeddings": 128,
-}
-WORDS = [
-    "good",
-    "bad",
-    "movie",
-    "film",
-    "news",
-    "sport",
-    "politics",
-    "money",
-    "city",
-    "paris",
-    "john",
-    "play",
-    "game",
-    "win",
-]
+# Words of the tiny vocabulary, so toy texts tokenize into real word ids.
+WORDS = [w for w in TINY_WORDS if w not in ("the", "a", "an", "is", "was")]
 
 
 def toy_texts(n: int, seed: int = 0) -> tuple[list[str], list[int]]:

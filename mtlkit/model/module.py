@@ -177,16 +177,21 @@ class MultiTaskModule(L.LightningModule):
         factor = counts * self.trainer.world_size / totals.clamp_min(1.0)
         index = {t: i for i, t in enumerate(self.task_names)}
         scaled = {t: loss * factor[index[t]] for t, loss in losses.items()}
-        # Averaged over processes, the rescaled values are the global batch's mean losses; each
-        # loss takes that value (its gradient is unchanged), so methods that read loss values
-        # (DWA, FAMO, GradNorm, uncertainty) see the same numbers on every process.
+        # Averaged over processes, the rescaled values are the global batch's mean losses. Each
+        # loss takes that value (its gradient is unchanged), and a task present only on other
+        # processes enters as a constant: every process hands the weighting method the same
+        # tasks and values, so stateful methods (DWA, FAMO, GradNorm, ...) stay in step.
         values = torch.zeros(len(self.task_names), device=device)
         for t, loss in scaled.items():
             values[index[t]] = loss.detach().float()
         values = self.trainer.strategy.reduce(values, reduce_op="mean")
-        return {
-            t: loss - loss.detach() + values[index[t]].to(loss.dtype) for t, loss in scaled.items()
-        }
+        out = {}
+        for t, i in index.items():
+            if t in scaled:
+                out[t] = scaled[t] - scaled[t].detach() + values[i].to(scaled[t].dtype)
+            elif totals[i] > 0:
+                out[t] = values[i]
+        return out
 
     def _scaler(self) -> Any:
         plugin = self._trainer.precision_plugin if self._trainer is not None else None

@@ -122,3 +122,18 @@ def encode_string_label_lists(
         lambda b: {column: [[index[str(v)] for v in row] for row in b[column]]}, batched=True
     )
     return mapped, list(names)
+
+
+def label_head_state(task: Any) -> dict[str, Any]:
+    """The label metadata a classification head is built from (saved in checkpoints)."""
+    return {"num_labels": task.num_labels, "label_names": task.label_names}
+
+
+def load_label_head_state(task: Any, state: dict[str, Any]) -> None:
+    """Restores :func:`label_head_state`, refusing a checkpoint with another number of labels."""
+    if task.num_labels is not None and state["num_labels"] != task.num_labels:
+        raise DataError(
+            f"task {task.name!r}: checkpoint has {state['num_labels']} labels, "
+            f"config has {task.num_labels}"
+        )
+    task.num_labels, task.label_names = state["num_labels"], state["label_names"]

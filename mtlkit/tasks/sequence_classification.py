@@ -13,7 +13,13 @@ from transformers import PreTrainedTokenizerBase
 
 from mtlkit.data.sources import DataSource
 from mtlkit.errors import DataError
-from mtlkit.tasks._labels import check_label_range, encode_string_labels, resolve_num_labels
+from mtlkit.tasks._labels import (
+    check_label_range,
+    encode_string_labels,
+    label_head_state,
+    load_label_head_state,
+    resolve_num_labels,
+)
 from mtlkit.tasks.base import Task, text_inputs
 
 
@@ -97,12 +103,7 @@ class SequenceClassification(Task):
         )
 
     def head_state(self) -> dict[str, Any]:
-        return {"num_labels": self.num_labels, "label_names": self.label_names}
+        return label_head_state(self)
 
     def load_head_state(self, state: dict[str, Any]) -> None:
-        if self.num_labels is not None and state["num_labels"] != self.num_labels:
-            raise DataError(
-                f"task {self.name!r}: checkpoint has {state['num_labels']} labels, "
-                f"config has {self.num_labels}"
-            )
-        self.num_labels, self.label_names = state["num_labels"], state["label_names"]
+        load_label_head_state(self, state)

@@ -17,7 +17,9 @@ from mtlkit.metrics.entity import EntityF1, is_bio_scheme, parse_tag
 from mtlkit.tasks._labels import (
     check_label_range,
     encode_string_label_lists,
+    label_head_state,
     list_element_feature,
+    load_label_head_state,
     resolve_num_labels,
 )
 from mtlkit.tasks.base import IGNORE_INDEX, Task, _pad
@@ -231,13 +233,8 @@ class TokenClassification(Task):
         return MetricCollection({"token_accuracy": accuracy, "macro_f1": macro})
 
     def head_state(self) -> dict[str, Any]:
-        return {"num_labels": self.num_labels, "label_names": self.label_names}
+        return label_head_state(self)
 
     def load_head_state(self, state: dict[str, Any]) -> None:
-        if self.num_labels is not None and state["num_labels"] != self.num_labels:
-            raise DataError(
-                f"task {self.name!r}: checkpoint has {state['num_labels']} labels, "
-                f"config has {self.num_labels}"
-            )
-        self.num_labels, self.label_names = state["num_labels"], state["label_names"]
+        load_label_head_state(self, state)
         self._configure_scheme()

@@ -1,10 +1,17 @@
 """Tiny, fully local models and tokenizers for tests, notebooks and smoke runs (no downloads)."""
 
 from mtlkit.testing.tiny import (
+    TINY_ENCODER,
     TINY_WORDS,
     build_tiny_tokenizer,
     save_tiny_encoder,
     tiny_bert_config,
 )
 
-__all__ = ["TINY_WORDS", "build_tiny_tokenizer", "save_tiny_encoder", "tiny_bert_config"]
+__all__ = [
+    "TINY_ENCODER",
+    "TINY_WORDS",
+    "build_tiny_tokenizer",
+    "save_tiny_encoder",
+    "tiny_bert_config",
+]

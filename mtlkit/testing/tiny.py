@@ -92,17 +92,22 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+#: The BERT size transformers' own tests use, as an ``HFEncoder(config=...)`` dict.
+TINY_ENCODER = {
+    "model_type": "bert",
+    "vocab_size": 155,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "max_position_embeddings": 128,
+}
+
+
 def tiny_bert_config(vocab_size: int, **overrides: int) -> BertConfig:
-    """The BERT size transformers' own tests use."""
-    kwargs = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=128,
-    )
-    kwargs.update(overrides)
+    """A :class:`BertConfig` of :data:`TINY_ENCODER`'s size."""
+    kwargs = {k: v for k, v in TINY_ENCODER.items() if k != "model_type"}
+    kwargs.update(vocab_size=vocab_size, **overrides)
     return BertConfig(**kwargs)
 
 
