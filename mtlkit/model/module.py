@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -52,7 +53,10 @@ class MultiTaskModule(L.LightningModule):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ConfigError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-        self.save_hyperparameters(ignore=["encoder", "tasks", "weighting"])
+        # Components stay out of the hyperparameters so checkpoints load with weights_only=True.
+        self.save_hyperparameters(
+            ignore=["encoder", "tasks", "weighting", "optimizer", "lr_scheduler"]
+        )
         self.encoder = encoder
         self.tasks = {t.name: t for t in tasks}
         if len(self.tasks) != len(tasks):
@@ -315,3 +319,17 @@ class MultiTaskModule(L.LightningModule):
             if name in self.tasks:
                 self.tasks[name].load_head_state(state)
         self.configure_model()
+        # A checkpoint of another architecture (hidden size, vocabulary, ...) fails here with the
+        # parameter named, not later inside torch's load_state_dict.
+        # Sharding strategies (FSDP, DeepSpeed) hold flattened or partitioned parameters here.
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FSDPStrategy | DeepSpeedStrategy | ModelParallelStrategy):
+            return
+        own = self.state_dict()
+        for key, value in checkpoint.get("state_dict", {}).items():
+            if key in own and torch.is_tensor(value) and value.shape != own[key].shape:
+                raise ConfigError(
+                    f"checkpoint parameter {key!r} has shape {tuple(value.shape)} but this "
+                    f"model's has {tuple(own[key].shape)}: the checkpoint is from a different "
+                    "architecture (encoder config, labels)"
+                )
