@@ -121,6 +121,9 @@ class MultiTaskBatchSampler:
         self._skip = 0
         self._state_epoch = 0  # epoch whose start the streams' saved positions describe
         self._epoch_start = [s.get_state() for s in self.streams]
+        # Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler`, never on the batch
+        # sampler itself: without this, every epoch replayed epoch 0's plans.
+        self.sampler = _EpochSetter(self)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -200,6 +203,16 @@ class MultiTaskBatchSampler:
         self._skip = self.consumed if self.consumed < self.steps_per_epoch else 0
         self._state_epoch = int(state["state_epoch"])
         self._epoch_start = [tuple(s) for s in state["epoch_start"]]
+
+
+class _EpochSetter:
+    """The ``batch_sampler.sampler`` Lightning looks for; forwards ``set_epoch`` to its owner."""
+
+    def __init__(self, owner: MultiTaskBatchSampler) -> None:
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)
 
 
 class EvalBatchSampler:

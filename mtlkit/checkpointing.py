@@ -1,0 +1,201 @@
+"""Exact, crash-safe resumption: atomic checkpoint files and the global RNG states.
+
+Two pieces, both installed by default by the ``mtlkit`` CLI:
+
+* :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file in the target's folder,
+  flushes and ``fsync``s it, then ``os.replace``s it over the target. A run killed while saving
+  (even with ``SIGKILL``) leaves the previous ``last.ckpt`` intact, never a truncated one.
+* :class:`RNGState` stores the Python, NumPy and torch (and CUDA) random states in every
+  checkpoint and puts them back just before the first training step after a resume, so dropout
+  masks and any other global draws continue exactly as in an uninterrupted run.
+
+Everything else a resume needs is already part of the checkpoint: model and weighting-method
+state (buffers, extra state), optimizer, LR scheduler, loop counters and the data module's
+sampler position (see :class:`mtlkit.data.batching.MultiTaskBatchSampler`).
+
+Periodic checkpoints every N optimizer steps are plain Lightning::
+
+    trainer:
+      callbacks:
+        - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+          init_args: {every_n_train_steps: 100, save_last: true}
+
+and ``mtlkit fit ... --ckpt_path <run>/checkpoints/last.ckpt`` resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import random
+import tempfile
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+__all__ = ["AtomicCheckpointIO", "RNGState", "atomic_torch_save"]
+
+
+def _is_local(path: _PATH) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def _fsync_dir(folder: str) -> None:
+    """Makes a rename in ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}."
+
+
+def atomic_torch_save(obj: Any, path: _PATH) -> None:
+    """``torch.save`` to ``path`` through a temporary file, ``fsync`` and ``os.replace``.
+
+    Either the complete new file or the previous file (if any) is at ``path`` afterwards, whatever
+    happens during the write. Temporary files left by an earlier killed write are removed.
+    """
+    path = str(path).removeprefix("file://")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    prefix = _temp_prefix(path)
+    for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(prefix) + "*.tmp")):
+        with contextlib.suppress(OSError):
+            os.unlink(stale)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning ``CheckpointIO`` whose local writes are atomic and durable.
+
+    Remote (fsspec URL) paths fall back to Lightning's own saving.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or not _is_local(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_torch_save(checkpoint, path)
+
+
+def _collect() -> dict[str, Any]:
+    """The global random states, as tensors and plain Python (loads with ``weights_only``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch.cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("torch.cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+class RNGState(L.Callback):
+    """Makes the global RNG states part of the training state: checkpointed, and restored exactly.
+
+    The state that matters is the one each training step starts from. So that it is the same
+    whether a run was interrupted or not, the callback takes the states at the end of every
+    training step (``on_train_batch_end``) and puts them back at the start of the next one
+    (``on_train_batch_start``): whatever runs in between (validation, checkpointing, a new epoch's
+    DataLoader iterator, which draws a base seed from torch's generator) leaves the training draws
+    alone. Checkpoints store those end-of-step states; after a restore they are put back at the
+    start of the first resumed step, so the work a resumed run does first (building the model,
+    sanity validation, new iterators) does not shift the draws either, whether the checkpoint was
+    written in the middle of an epoch, at its end or after validation.
+
+    Lightning writes the checkpoint from rank 0, so in a multi-process run every rank resumes
+    with rank 0's states (deterministic, but not the per-rank streams of the uninterrupted run).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None  # loaded from a checkpoint
+        self._after_step: dict[str, Any] | None = None  # taken at the end of the last step
+        self._after_step_at = -1  # the global step it was taken at
+        self._trainer: L.Trainer | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        # A checkpoint written in `on_train_batch_end` by a callback that runs before this one
+        # (ModelCheckpoint runs last, but the order is the trainer's) comes before this step's
+        # snapshot: nothing has drawn since the step ended, so the current states are the ones.
+        step = self._trainer.global_step if self._trainer is not None else None
+        if self._after_step is not None and self._after_step_at == step:
+            return self._after_step
+        return _collect()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = dict(state_dict) if state_dict else None
+        self._after_step = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._after_step = None  # a later fit() on the same trainer starts from its own states
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        state = self._pending if self._pending is not None else self._after_step
+        self._pending = None
+        if state is not None:
+            _restore(state)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._after_step, self._after_step_at = _collect(), trainer.global_step
