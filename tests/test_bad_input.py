@@ -425,3 +425,29 @@ def test_folder_needing_remote_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"trust_remote_code=True"):
         HFEncoder(str(folder))
     assert not marker.exists()  # the folder's code never ran
+
+
+def test_non_finite_loss_can_skip_the_step(tmp_path):
+    task = _reg(labels=[float(i % 3) for i in range(24)])
+    model = tiny_model([task], on_nonfinite_loss="skip")
+    original = task.loss
+
+    def loss(logits, labels):  # NaN at step 2 only
+        value = original(logits, labels)
+        return value * math.nan if model.global_step == 2 and not model.skipped else value
+
+    model.skipped = False
+    task.loss = loss
+    trainer = _trainer(tmp_path, max_steps=4)
+    with pytest.warns(UserWarning, match=r"non-finite loss for task\(s\) \['r'\] at step 2"):
+        original_step = model.training_step
+
+        def step(*args, **kwargs):
+            out = original_step(*args, **kwargs)
+            model.skipped = model.skipped or out is None
+            return out
+
+        model.training_step = step
+        trainer.fit(model, toy_datamodule([task]))
+    assert model.skipped and trainer.global_step == 4
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -37,6 +38,9 @@ class MultiTaskModule(L.LightningModule):
         optimizer: Builds the optimizer from parameter groups (default AdamW, lr 5e-5).
         lr_scheduler: Builds a per-step scheduler from ``(optimizer, total_steps)``.
         head_lr: Learning rate of the heads (default: the optimizer's).
+        on_nonfinite_loss: ``raise`` stops training with an error naming the task(s) and step;
+            ``skip`` logs a warning and skips that step (no update; single-process only, since
+            the other DDP processes would wait for this one's gradients).
     """
 
     def __init__(
@@ -49,8 +53,13 @@ class MultiTaskModule(L.LightningModule):
         optimizer: OptimizerCallable = adamw,
         lr_scheduler: SchedulerCallable | None = LinearWarmupDecay,
         head_lr: float | None = None,
+        on_nonfinite_loss: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
+        if on_nonfinite_loss not in ("raise", "skip"):
+            raise ConfigError(
+                f"on_nonfinite_loss must be 'raise' or 'skip', got {on_nonfinite_loss!r}"
+            )
         if pooling not in ("cls", "mean"):
             raise ConfigError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         # Components stay out of the hyperparameters so checkpoints load with weights_only=True.
@@ -65,6 +74,7 @@ class MultiTaskModule(L.LightningModule):
         self.weighting.setup(self.task_names)
         self.pooling, self.dropout = pooling, dropout
         self.optimizer_fn, self.scheduler_fn, self.head_lr = optimizer, lr_scheduler, head_lr
+        self.on_nonfinite_loss = on_nonfinite_loss
         self.heads = nn.ModuleDict()
         self.last_step: tuple[dict[str, Tensor], StepContext] | None = None
         self.metrics = nn.ModuleDict()
@@ -134,14 +144,15 @@ class MultiTaskModule(L.LightningModule):
         return out
 
     # ----------------------------------------------------------- training
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         subs = batch["tasks"]
         outputs = self(subs)
         losses = {
             n: self.tasks[n].loss(o["logits"], subs[n]["labels"]) * self.tasks[n].loss_weight
             for n, o in outputs.items()
         }
-        self._check_finite(losses)
+        if not self._finite(losses):
+            return None  # skipped step (on_nonfinite_loss="skip")
         losses = self._global_mean_losses(losses, subs)
         ctx = StepContext(
             step=self.global_step,
@@ -234,13 +245,20 @@ class MultiTaskModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.last_step = None  # do not keep the step's graph alive past its backward
 
-    def _check_finite(self, losses: dict[str, Tensor]) -> None:
+    def _finite(self, losses: dict[str, Tensor]) -> bool:
         bad = [n for n, loss in losses.items() if not torch.isfinite(loss)]
-        if bad:
-            raise FloatingPointError(
-                f"non-finite loss for task(s) {bad} at step {self.global_step}; "
-                "lower the learning rate or check the targets"
-            )
+        if not bad:
+            return True
+        message = (
+            f"non-finite loss for task(s) {bad} at step {self.global_step}; "
+            "lower the learning rate or check the targets"
+        )
+        if self.on_nonfinite_loss == "raise" or (
+            self._trainer is not None and self.trainer.world_size > 1
+        ):
+            raise FloatingPointError(message)
+        rank_zero_warn(message + " (step skipped)")
+        return False
 
     # --------------------------------------------------------- evaluation
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
