@@ -137,3 +137,18 @@ def load_label_head_state(task: Any, state: dict[str, Any]) -> None:
             f"config has {task.num_labels}"
         )
     task.num_labels, task.label_names = state["num_labels"], state["label_names"]
+
+
+def label_list_names(
+    data: DatasetDict, task: Any, element: Any, given: list[str] | None
+) -> tuple[DatasetDict, list[str] | None]:
+    """Label names of a list-of-labels column: the given ones (checked against a ``ClassLabel``)
+    or, for string labels, those of the train split, with the column mapped to ids."""
+    if isinstance(element, ClassLabel) and given is not None and list(element.names) != given:
+        raise DataError(
+            f"task {task.name!r}: label_names {given[:10]} differ from the data's "
+            f"ClassLabel names {list(element.names)[:10]}"
+        )
+    if getattr(element, "dtype", None) in ("string", "large_string"):
+        return encode_string_label_lists(data, task.label_column, task.name, given)
+    return data, given

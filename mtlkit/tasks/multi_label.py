@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import ClassLabel, DatasetDict
+from datasets import DatasetDict
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelF1Score
@@ -17,8 +17,8 @@ from mtlkit.data.sources import DataSource
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.tasks._labels import (
     check_label_range,
-    encode_string_label_lists,
     label_head_state,
+    label_list_names,
     list_element_feature,
     load_label_head_state,
     resolve_num_labels,
@@ -120,14 +120,7 @@ class MultiLabelClassification(Task):
                 f"example (found {data['train'].features[self.label_column]}); "
                 "for one 0/1 column per label set label_columns"
             )
-        names = self._given_label_names
-        if isinstance(element, ClassLabel) and names is not None and list(element.names) != names:
-            raise DataError(
-                f"task {self.name!r}: label_names {names[:10]} differ from the data's "
-                f"ClassLabel names {list(element.names)[:10]}"
-            )
-        if getattr(element, "dtype", None) in ("string", "large_string"):
-            data, names = encode_string_label_lists(data, self.label_column, self.name, names)
+        data, names = label_list_names(data, self, element, self._given_label_names)
         self.num_labels, self.label_names = resolve_num_labels(
             data, self.label_column, self.name, self.num_labels, names
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn.functional as F
-from datasets import ClassLabel, DatasetDict
+from datasets import DatasetDict
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -16,8 +16,8 @@ from mtlkit.errors import ConfigError, DataError
 from mtlkit.metrics.entity import EntityF1, is_bio_scheme, parse_tag
 from mtlkit.tasks._labels import (
     check_label_range,
-    encode_string_label_lists,
     label_head_state,
+    label_list_names,
     list_element_feature,
     load_label_head_state,
     resolve_num_labels,
@@ -97,14 +97,7 @@ class TokenClassification(Task):
         self._check_list_columns(data)
         self._check_lengths(data)
         element = list_element_feature(data, self.label_column)
-        names = self._given_label_names
-        if isinstance(element, ClassLabel) and names is not None and list(element.names) != names:
-            raise DataError(
-                f"task {self.name!r}: label_names {names[:10]} differ from the data's "
-                f"ClassLabel names {list(element.names)[:10]}"
-            )
-        if getattr(element, "dtype", None) in ("string", "large_string"):
-            data, names = encode_string_label_lists(data, self.label_column, self.name, names)
+        data, names = label_list_names(data, self, element, self._given_label_names)
         self.num_labels, names = resolve_num_labels(
             data, self.label_column, self.name, self.num_labels, names
         )
