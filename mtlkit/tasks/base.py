@@ -142,6 +142,13 @@ class Task(ABC):
         return True
 
 
+def linear_head(task: Task, hidden_size: int, dropout: float) -> nn.Module:
+    """Dropout and one linear layer to ``task.num_labels`` outputs (per vector or per token)."""
+    if getattr(task, "num_labels", None) is None:
+        raise DataError(f"task {task.name!r}: num_labels is unresolved; set it or load the data")
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, task.num_labels))
+
+
 def _pad(seqs: list[list[int]], width: int, value: int) -> Tensor:
     out = torch.full((len(seqs), width), value, dtype=torch.long)
     for i, seq in enumerate(seqs):

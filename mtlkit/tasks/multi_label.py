@@ -23,7 +23,7 @@ from mtlkit.tasks._labels import (
     load_label_head_state,
     resolve_num_labels,
 )
-from mtlkit.tasks.base import Task, text_inputs
+from mtlkit.tasks.base import Task, linear_head, text_inputs
 
 
 class MultiLabelClassification(Task):
@@ -167,8 +167,7 @@ class MultiLabelClassification(Task):
         return self.num_labels is not None
 
     def build_head(self, hidden_size: int, dropout: float) -> nn.Module:
-        assert self.num_labels is not None, f"task {self.name!r}: num_labels unresolved"
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, self.num_labels))
+        return linear_head(self, hidden_size, dropout)
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())

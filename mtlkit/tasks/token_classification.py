@@ -22,7 +22,7 @@ from mtlkit.tasks._labels import (
     load_label_head_state,
     resolve_num_labels,
 )
-from mtlkit.tasks.base import IGNORE_INDEX, Task, _pad
+from mtlkit.tasks.base import IGNORE_INDEX, Task, _pad, linear_head
 
 
 class TokenClassification(Task):
@@ -188,8 +188,7 @@ class TokenClassification(Task):
         return self.num_labels is not None
 
     def build_head(self, hidden_size: int, dropout: float) -> nn.Module:
-        assert self.num_labels is not None, f"task {self.name!r}: num_labels unresolved"
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, self.num_labels))
+        return linear_head(self, hidden_size, dropout)
 
     def loss_count(self, labels: Tensor) -> int:
         return int((labels != IGNORE_INDEX).sum())
