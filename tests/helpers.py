@@ -41,3 +41,17 @@ def toy_datamodule(tasks, **kw) -> MultiTaskDataModule:
 
 def tiny_model(tasks, **kw) -> MultiTaskModule:
     return MultiTaskModule(HFEncoder(config=dict(TINY_ENCODER)), tasks, **kw)
+
+
+def quiet_trainer(tmp_path, **kw):
+    """A CPU trainer without logger, checkpoints or progress bar (override any of them)."""
+    import lightning as L
+
+    args = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    args.update(kw)
+    return L.Trainer(**args)

@@ -5,6 +5,7 @@ import importlib.util
 import lightning as L
 import pytest
 import torch
+from helpers import quiet_trainer
 
 from mtlkit.data import MultiTaskDataModule, PythonCallable
 from mtlkit.data.sampling import Uniform
@@ -46,13 +47,7 @@ def test_minilm_multitask_beats_chance(tmp_path):
         head_lr=2e-3,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4),
     )
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
     trainer.fit(model, dm)
     m = trainer.callback_metrics
     assert len(dm.tokenizer) == 30522

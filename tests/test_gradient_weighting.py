@@ -3,7 +3,7 @@
 import lightning as L
 import pytest
 import torch
-from helpers import tiny_model, toy_datamodule, toy_task
+from helpers import quiet_trainer, tiny_model, toy_datamodule, toy_task
 from torch import nn
 
 from mtlkit.weighting import GradientWeighting, StepContext
@@ -115,13 +115,7 @@ def test_model_trains_with_a_gradient_method(agg, tmp_path):
         weighting=GradientWeighting(agg()),
         optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),
     )
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
     trainer.fit(model, dm)
     m = trainer.callback_metrics
     assert m["val/a/accuracy"] > 0.7 and m["val/b/accuracy"] > 0.7

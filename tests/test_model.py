@@ -3,7 +3,7 @@
 import lightning as L
 import pytest
 import torch
-from helpers import TINY_ENCODER, tiny_model, toy_datamodule, toy_task
+from helpers import TINY_ENCODER, quiet_trainer, tiny_model, toy_datamodule, toy_task
 
 from mtlkit.errors import ConfigError
 from mtlkit.model import HFEncoder
@@ -77,13 +77,7 @@ class _NeedsAll(Weighting):
 def test_method_needing_all_tasks_rejects_homogeneous_batches(tmp_path):
     dm = toy_datamodule([toy_task("a"), toy_task("b")], batch_mode="homogeneous")
     model = tiny_model(dm.tasks, weighting=_NeedsAll())
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     with pytest.raises(ConfigError, match="set data.batch_mode: mixed"):
         trainer.fit(model, dm)
 
@@ -94,13 +88,7 @@ def test_tokenizer_that_does_not_match_encoder(tmp_path):
     from mtlkit.model import MultiTaskModule
 
     model = MultiTaskModule(HFEncoder(config=enc), dm.tasks)
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     with pytest.raises(ConfigError, match="155 tokens but the encoder's embedding has 50"):
         trainer.fit(model, dm)
 

@@ -138,8 +138,8 @@ class Task(ABC):
 
     @property
     def is_ready(self) -> bool:
-        """Whether the head can be built (label metadata known)."""
-        return True
+        """Whether the head can be built: ``num_labels`` known, for tasks that have one."""
+        return getattr(self, "num_labels", 0) is not None
 
 
 def linear_head(task: Task, hidden_size: int, dropout: float) -> nn.Module:

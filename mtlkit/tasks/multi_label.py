@@ -162,10 +162,6 @@ class MultiLabelClassification(Task):
         return torch.tensor(labels, dtype=torch.float32)
 
     # ---------------------------------------------------------------- model
-    @property
-    def is_ready(self) -> bool:
-        return self.num_labels is not None
-
     def build_head(self, hidden_size: int, dropout: float) -> nn.Module:
         return linear_head(self, hidden_size, dropout)
 

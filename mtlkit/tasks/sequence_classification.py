@@ -82,10 +82,6 @@ class SequenceClassification(Task):
         out["labels"] = [int(v) for v in batch[self.label_column]]
         return out
 
-    @property
-    def is_ready(self) -> bool:
-        return self.num_labels is not None
-
     def build_head(self, hidden_size: int, dropout: float) -> nn.Module:
         return linear_head(self, hidden_size, dropout)
 

@@ -183,10 +183,6 @@ class TokenClassification(Task):
         return _pad(labels, width, IGNORE_INDEX)
 
     # ---------------------------------------------------------------- model
-    @property
-    def is_ready(self) -> bool:
-        return self.num_labels is not None
-
     def build_head(self, hidden_size: int, dropout: float) -> nn.Module:
         return linear_head(self, hidden_size, dropout)
 
