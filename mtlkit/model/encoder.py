@@ -20,7 +20,15 @@ class HFEncoder(nn.Module):
             initialised encoder, e.g. ``{"model_type": "bert", "hidden_size": 32, ...}``.
         trust_remote_code: Allow custom model code from the folder. Off unless turned on.
         gradient_checkpointing: Trade compute for memory in the encoder.
+        keep_layers: Keep only these transformer layers (indices, bottom first), e.g.
+            ``[1, 3, 5]`` for a 3-layer student initialised from a 6-layer model's weights.
+
+    Subclasses that give each task its own parameters (soft sharing, per-task adapters) set
+    ``per_task = True``: the model then calls ``forward(..., task=name)`` once per task's
+    sub-batch, after :meth:`prepare_tasks`; :meth:`regularization` is added to the loss.
     """
+
+    per_task = False
 
     def __init__(
         self,
@@ -28,6 +36,7 @@ class HFEncoder(nn.Module):
         config: dict[str, Any] | None = None,
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
+        keep_layers: list[int] | None = None,
     ) -> None:
         super().__init__()
         if (name_or_path is None) == (config is None):
@@ -47,9 +56,66 @@ class HFEncoder(nn.Module):
             # Heads pool the token states themselves; an unused pooler would only cost memory
             # and make DDP fail on parameters that receive no gradient.
             self.model.pooler = None
+        if keep_layers is not None:
+            self._keep_layers(list(keep_layers))
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.name_or_path = name_or_path
+
+    def _layer_list(self) -> tuple[nn.Module, str]:
+        """The ``nn.ModuleList`` of transformer blocks (its parent and attribute name)."""
+        n = int(getattr(self.model.config, "num_hidden_layers", -1))
+        for module in self.model.modules():
+            for attr, child in module.named_children():
+                if isinstance(child, nn.ModuleList) and len(child) == n:
+                    return module, attr
+        raise ConfigError(
+            f"cannot find the {n} transformer layers of {type(self.model).__name__}; layer-wise "
+            "options (freezing layers, unfreezing, layer-wise lr) need a standard encoder"
+        )
+
+    def _keep_layers(self, keep: list[int]) -> None:
+        layers = self.layers
+        bad = [i for i in keep if not 0 <= i < len(layers)]
+        if bad or not keep or len(set(keep)) != len(keep):
+            raise ConfigError(
+                f"keep_layers {keep} must be distinct indices in [0, {len(layers)}) (the encoder "
+                f"has {len(layers)} layers)"
+            )
+        parent, attr = self._layer_list()
+        setattr(parent, attr, nn.ModuleList([layers[i] for i in keep]))
+        self.model.config.num_hidden_layers = len(keep)
+        for new_index, layer in enumerate(getattr(parent, attr)):
+            for module in layer.modules():  # attention layers index their cache by layer
+                if hasattr(module, "layer_idx"):
+                    module.layer_idx = new_index
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The transformer blocks, bottom (next to the embeddings) first."""
+        parent, attr = self._layer_list()
+        return getattr(parent, attr)
+
+    @property
+    def embeddings(self) -> nn.Module:
+        """The input embedding block (token, position and type embeddings and their norm)."""
+        emb = getattr(self.model, "embeddings", None)
+        return emb if isinstance(emb, nn.Module) else self.model.get_input_embeddings()
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters by depth, bottom first: embeddings, layer 0, ..., layer N-1, and last
+        whatever is left (a final norm, ...). Used by layer-wise learning rates."""
+        groups = [list(self.embeddings.parameters())] + [list(m.parameters()) for m in self.layers]
+        seen = {id(p) for g in groups for p in g}
+        groups.append([p for p in self.parameters() if id(p) not in seen])
+        return groups
+
+    def prepare_tasks(self, task_names: list[str]) -> None:
+        """Called with the task names before training; per-task subclasses build their parts."""
+
+    def regularization(self) -> Tensor | None:
+        """A penalty added to the training loss (soft sharing); ``None`` for none."""
+        return None
 
     @property
     def hidden_size(self) -> int:
@@ -60,7 +126,11 @@ class HFEncoder(nn.Module):
         return int(self.model.config.vocab_size)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+        task: str | None = None,
     ) -> Tensor:
         kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

@@ -41,6 +41,14 @@ class MultiTaskModule(L.LightningModule):
         on_nonfinite_loss: ``raise`` stops training with an error naming the task(s) and step;
             ``skip`` logs a warning and skips that step (no update; single-process only, since
             the other DDP processes would wait for this one's gradients).
+        init_from: A mtlkit checkpoint (``.ckpt``) or exported folder whose shared encoder is
+            loaded into this model once its heads are built (model-based transfer); what was
+            loaded, freshly initialised and skipped is printed.
+        init_heads: Task heads to load as well from ``init_from``: a list of task names present
+            in both, or a mapping ``{this_task: source_task}``. Default: none (new heads).
+        layer_lr_decay: Layer-wise learning-rate decay (discriminative learning rates): layer
+            ``i`` of ``N`` gets ``lr * decay ** (N - i)``, the embeddings ``lr * decay ** (N + 1)``
+            and the heads ``lr``. ``None`` (default) gives the whole encoder one rate.
     """
 
     def __init__(
@@ -54,6 +62,9 @@ class MultiTaskModule(L.LightningModule):
         lr_scheduler: SchedulerCallable | None = LinearWarmupDecay,
         head_lr: float | None = None,
         on_nonfinite_loss: Literal["raise", "skip"] = "raise",
+        init_from: str | None = None,
+        init_heads: list[str] | dict[str, str] | None = None,
+        layer_lr_decay: float | None = None,
     ) -> None:
         super().__init__()
         if on_nonfinite_loss not in ("raise", "skip"):
@@ -75,6 +86,12 @@ class MultiTaskModule(L.LightningModule):
         self.pooling, self.dropout = pooling, dropout
         self.optimizer_fn, self.scheduler_fn, self.head_lr = optimizer, lr_scheduler, head_lr
         self.on_nonfinite_loss = on_nonfinite_loss
+        if layer_lr_decay is not None and not 0.0 < layer_lr_decay <= 1.0:
+            raise ConfigError(f"layer_lr_decay must be in (0, 1], got {layer_lr_decay}")
+        if init_heads and init_from is None:
+            raise ConfigError("init_heads needs init_from (the checkpoint to load them from)")
+        self.init_from, self.init_heads, self.layer_lr_decay = init_from, init_heads, layer_lr_decay
+        self._initialised_from: str | None = None
         self.heads = nn.ModuleDict()
         self.last_step: tuple[dict[str, Tensor], StepContext] | None = None
         self.metrics = nn.ModuleDict()
@@ -86,7 +103,9 @@ class MultiTaskModule(L.LightningModule):
         return list(self.tasks)
 
     def configure_model(self) -> None:
-        """Builds heads and metrics once label metadata is known (after data set-up)."""
+        """Builds heads and metrics once label metadata is known (after data set-up), then loads
+        ``init_from`` (once)."""
+        self.encoder.prepare_tasks(self.task_names)
         for name, task in self.tasks.items():
             if name in self.heads:
                 continue
@@ -97,6 +116,11 @@ class MultiTaskModule(L.LightningModule):
             self.heads[name] = task.build_head(self.encoder.hidden_size, self.dropout)
             for split in ("val", "test"):
                 self.metrics[f"{split}_{name}"] = task.build_metrics()
+        if self.init_from is not None and self._initialised_from != self.init_from:
+            from mtlkit.transfer.init import initialise_from
+
+            initialise_from(self, self.init_from, self.init_heads)
+            self._initialised_from = self.init_from
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -118,6 +142,13 @@ class MultiTaskModule(L.LightningModule):
     def encode(self, sub_batches: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
         """Runs the encoder once over all sub-batches; returns each task's token states."""
         names = list(sub_batches)
+        if self.encoder.per_task:  # task-specific encoder parameters: one pass per task
+            return {
+                n: self.encoder(
+                    b["input_ids"], b["attention_mask"], b.get("token_type_ids"), task=n
+                )
+                for n, b in sub_batches.items()
+            }
         width = max(b["input_ids"].shape[1] for b in sub_batches.values())
 
         def cat(key: str) -> Tensor | None:
@@ -135,22 +166,35 @@ class MultiTaskModule(L.LightningModule):
 
     def forward(self, sub_batches: dict[str, dict[str, Tensor]]) -> dict[str, TaskOutput]:
         """Head outputs (``logits``) and head inputs (``features``) for every task present."""
+        # Sub-batches with cached ``features`` (feature-based transfer) skip the encoder.
+        cached = {n: b["features"] for n, b in sub_batches.items() if "features" in b}
+        to_encode = {n: b for n, b in sub_batches.items() if n not in cached}
+        hidden = self.encode(to_encode) if to_encode else {}
         out = {}
-        for name, hidden in self.encode(sub_batches).items():
-            task = self.tasks[name]
-            mask = sub_batches[name]["attention_mask"]
-            features = hidden if task.level == "token" else pool(hidden, mask, self.pooling)
+        for name, batch in sub_batches.items():
+            if name in cached:
+                features = cached[name]
+            elif self.tasks[name].level == "token":
+                features = hidden[name]
+            else:
+                features = pool(hidden[name], batch["attention_mask"], self.pooling)
             out[name] = {"features": features, "logits": self.heads[name](features)}
         return out
+
+    def task_losses(
+        self, outputs: dict[str, TaskOutput], sub_batches: dict[str, dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """Each present task's (weighted) training loss; subclasses change the objective."""
+        return {
+            n: self.tasks[n].loss(o["logits"], sub_batches[n]["labels"]) * self.tasks[n].loss_weight
+            for n, o in outputs.items()
+        }
 
     # ----------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         subs = batch["tasks"]
         outputs = self(subs)
-        losses = {
-            n: self.tasks[n].loss(o["logits"], subs[n]["labels"]) * self.tasks[n].loss_weight
-            for n, o in outputs.items()
-        }
+        losses = self.task_losses(outputs, subs)
         if not self._finite(losses):
             return None  # skipped step (on_nonfinite_loss="skip")
         losses = self._global_mean_losses(losses, subs)
@@ -172,7 +216,12 @@ class MultiTaskModule(L.LightningModule):
             self.log(f"train/{name}/loss", loss.detach(), batch_size=1)
             self.log(f"train/{name}/weight", combined.weights[name].detach(), batch_size=1)
         self.log("train/loss", combined.loss.detach(), prog_bar=True, batch_size=n_examples)
-        return combined.loss + self._absent_heads_term(subs)
+        loss = combined.loss + self._absent_heads_term(subs)
+        penalty = self.encoder.regularization()
+        if penalty is not None:
+            self.log("train/regularization", penalty.detach(), batch_size=1)
+            loss = loss + penalty
+        return loss
 
     def _global_mean_losses(self, losses: dict[str, Tensor], subs: dict[str, Any]) -> dict:
         """Rescales each process's per-task mean loss so that DDP's gradient average equals the
@@ -305,15 +354,15 @@ class MultiTaskModule(L.LightningModule):
 
     # ---------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
-        groups: list[dict[str, Any]] = [
-            {"params": [p for p in self.encoder.parameters() if p.requires_grad], "name": "encoder"}
-        ]
+        groups = self._encoder_param_groups()
         heads = {"params": list(self.heads.parameters()), "name": "heads"}
         if self.head_lr is not None:
             heads["lr"] = self.head_lr
         groups.append(heads)
         groups.extend(self.weighting.parameter_groups())
         optimizer = self.optimizer_fn([g for g in groups if g["params"]])
+        for group in optimizer.param_groups:  # layer-wise rates are relative to the base rate
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         if self.scheduler_fn is None:
             return optimizer
         scheduler = self.scheduler_fn(optimizer, int(self.trainer.estimated_stepping_batches))
@@ -322,9 +371,33 @@ class MultiTaskModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def _encoder_param_groups(self) -> list[dict[str, Any]]:
+        if self.layer_lr_decay is None:
+            params = [p for p in self.encoder.parameters() if p.requires_grad]
+            return [{"params": params, "name": "encoder"}]
+        by_depth = self.encoder.layer_groups()  # embeddings, layer 0..N-1, rest (top)
+        n = len(by_depth) - 2
+        groups = []
+        for depth, params in enumerate(by_depth):
+            exponent = n + 1 - depth if depth <= n else 0
+            name = "embeddings" if depth == 0 else f"layer_{depth - 1}" if depth <= n else "top"
+            groups.append(
+                {
+                    "params": [p for p in params if p.requires_grad],
+                    "name": f"encoder.{name}",
+                    "lr_scale": self.layer_lr_decay**exponent,
+                }
+            )
+        return groups
+
     # -------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mtlkit_tasks"] = {n: t.head_state() for n, t in self.tasks.items()}
+        # Enough to rebuild the encoder without the run's config (init_from, export, teachers).
+        checkpoint["mtlkit_encoder"] = {
+            "config": self.encoder.model.config.to_dict(),
+            "pooling": self.pooling,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("mtlkit_tasks", {})
