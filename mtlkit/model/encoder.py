@@ -61,6 +61,8 @@ class HFEncoder(nn.Module):
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.name_or_path = name_or_path
+        # Which layers of the loaded model were kept: init_from maps a source's layers by it.
+        self.kept_layers = list(keep_layers) if keep_layers is not None else None
 
     def _layer_list(self) -> tuple[nn.Module, str]:
         """The ``nn.ModuleList`` of transformer blocks (its parent and attribute name)."""
