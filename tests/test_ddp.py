@@ -63,3 +63,84 @@ def test_two_processes_match_one(updates, name):
     assert single[name].norm() > 0
     error = ((single[name] - double[name]).norm() / single[name].norm()).item()
     assert error < TOLERANCE.get(name, 1e-4), f"{name}: relative error {error:.3g}"
+
+
+# ---------------------------------------------------------------- every batch mode and sampler
+@pytest.fixture(scope="module")
+def trajectories(tmp_path_factory):
+    """8 Adam steps (2 epochs) + validation, per batch mode and sampler, on 1 and on 2 processes."""
+    tmp = tmp_path_factory.mktemp("ddp_trajectory")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parents[2])}
+    single, double = tmp / "single.pt", tmp / "double.pt"
+    subprocess.run(
+        [sys.executable, str(WORKER), str(single), "trajectory"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29538",
+        str(WORKER),
+        str(double),
+        "trajectory",
+    ]
+    proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    load = torch.load
+    return (
+        load(single.with_suffix(".rank0.pt")),
+        load(double.with_suffix(".rank0.pt")),
+        load(double.with_suffix(".rank1.pt")),
+    )
+
+
+RUNS = [
+    f"{mode}/{sampling}"
+    for mode in ("homogeneous", "mixed")
+    for sampling in ("proportional", "uniform", "temperature", "annealed")
+]
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_loss_trajectory_matches_single_process(trajectories, run):
+    """Same global batches, same losses step after step (tolerance 1e-4 relative; Adam over 8
+    steps amplifies the float rounding of the gradient all-reduce)."""
+    single, rank0, rank1 = (t[run] for t in trajectories)
+    one, two = torch.tensor(single["losses"]), torch.tensor(rank0["losses"])
+    assert len(one) == len(two) == 8
+    assert torch.allclose(one, two, rtol=1e-4, atol=1e-6), (one, two)
+    assert rank0["losses"] == rank1["losses"]  # every process logs the global loss
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_ranks_split_the_global_batch(trajectories, run):
+    single, rank0, rank1 = (t[run] for t in trajectories)
+    for step, (whole, a, b) in enumerate(
+        zip(single["examples"], rank0["examples"], rank1["examples"], strict=True)
+    ):
+        if run.startswith("homogeneous"):
+            # one task per step, the same task on every process: its gradients average together
+            assert len(a) == len(b) == 1 and set(a) == set(b), (step, a.keys(), b.keys())
+        for task in set(a) | set(b):
+            # the two processes' rows, put together, are exactly the single process's batch (as
+            # multisets: a task smaller than a batch wraps around into its next shuffled pass)
+            rows = a.get(task, []) + b.get(task, [])
+            assert sorted(rows) == sorted(whole[task]), f"step {step}, task {task}"
+            assert a.get(task) and b.get(task) or len(whole[task]) < 2, (step, task)
+
+
+@pytest.mark.parametrize("run", ["homogeneous/proportional", "mixed/temperature"])
+def test_validation_metrics_are_synchronised(trajectories, run):
+    """Each process sees half of the validation split; the logged metrics are the full split's
+    (equal on both processes and equal to the single-process values)."""
+    single, rank0, rank1 = (t[run] for t in trajectories)
+    assert {"val/a/accuracy", "val/b/loss", "val/mean"} <= set(single["validation"])
+    assert set(rank0["validation"]) == set(single["validation"])
+    for key, value in single["validation"].items():
+        assert rank0["validation"][key] == pytest.approx(rank1["validation"][key], abs=1e-6), key
+        assert rank0["validation"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import MeanMetric
 
 from mtlkit.errors import ConfigError
 from mtlkit.model.encoder import HFEncoder
@@ -116,6 +117,7 @@ class MultiTaskModule(L.LightningModule):
             self.heads[name] = task.build_head(self.encoder.hidden_size, self.dropout)
             for split in ("val", "test"):
                 self.metrics[f"{split}_{name}"] = task.build_metrics()
+                self.metrics[f"{split}_{name}_loss"] = MeanMetric()
         if self.init_from is not None and self._initialised_from != self.init_from:
             from mtlkit.transfer.init import initialise_from
 
@@ -137,6 +139,9 @@ class MultiTaskModule(L.LightningModule):
                 f"the tokenizer has {len(tokenizer)} tokens but the encoder's embedding has "
                 f"{self.encoder.vocab_size}: tokenizer and encoder do not match"
             )
+        bind = getattr(datamodule, "bind_model", None)
+        if bind is not None:  # cached features (mtlkit.data.features): freezes the encoder
+            bind(self)
 
     # ------------------------------------------------------------ forward
     def encode(self, sub_batches: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -315,10 +320,10 @@ class MultiTaskModule(L.LightningModule):
         for name, out in self(subs).items():
             task, labels = self.tasks[name], subs[name]["labels"]
             self.metrics[f"{split}_{name}"].update(*task.metric_inputs(out["logits"], labels))
-            loss = task.loss(out["logits"], labels)
-            self.log(
-                f"{split}/{name}/loss", loss, batch_size=labels.shape[0], add_dataloader_idx=False
-            )
+            # A weighted running mean (a torchmetrics metric, so DDP processes are combined
+            # exactly): the split's mean loss over examples (tokens, for token tasks).
+            loss = task.loss(out["logits"], labels).detach().float()
+            self.metrics[f"{split}_{name}_loss"].update(loss, weight=float(task.loss_count(labels)))
 
     def _eval_epoch_end(self, split: str) -> None:
         primaries = []
@@ -326,6 +331,9 @@ class MultiTaskModule(L.LightningModule):
             metrics = self.metrics[f"{split}_{name}"]
             values = metrics.compute()
             metrics.reset()
+            loss = self.metrics[f"{split}_{name}_loss"]
+            values["loss"] = loss.compute()
+            loss.reset()
             for metric, value in values.items():
                 self.log(f"{split}/{name}/{metric}", value.float(), add_dataloader_idx=False)
             primaries.append(values[task.primary_metric].float())

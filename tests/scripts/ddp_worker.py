@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import tiny_model, toy_datamodule, toy_task  # noqa: E402
 
+from mtlkit.data.sampling import Annealed, Proportional, Temperature, Uniform  # noqa: E402
 from mtlkit.weighting import (  # noqa: E402
     FAMO,
     DynamicWeightAverage,
@@ -75,12 +76,92 @@ def run(name: str, world: int) -> torch.Tensor:
     return torch.cat([(after[k] - before[k]).ravel() for k in before])
 
 
+SAMPLINGS = {
+    "proportional": Proportional,
+    "uniform": Uniform,
+    "temperature": lambda: Temperature(temperature=2.0),
+    "annealed": Annealed,
+}
+TRAJECTORY_STEPS = 8
+
+
+class Recorder(L.Callback):
+    """Per step: the global training loss, and the examples (token rows) each task sub-batch
+    holds on this rank; after validation, the logged validation values."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.examples: list[dict[str, list[tuple[int, ...]]]] = []
+        self.validation: dict[str, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        rows = {}
+        for task, sub in batch["tasks"].items():
+            mask = sub["attention_mask"].bool()
+            rows[task] = [tuple(r[m].tolist()) for r, m in zip(sub["input_ids"], mask, strict=True)]
+        self.examples.append(rows)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(trainer.callback_metrics["train/loss"]))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.validation = {k: float(v) for k, v in trainer.callback_metrics.items() if "val" in k}
+
+
+def trajectory(mode: str, sampling: str, world: int) -> dict:
+    """Adam for a few steps (two epochs), then a full validation pass."""
+    L.seed_everything(0)
+    tasks = [toy_task("a", n=70), toy_task("b", n=50, seed=1), toy_task("c", n=25, seed=2)]
+    dm = toy_datamodule(
+        tasks,
+        batch_mode=mode,
+        batch_size=GLOBAL_BATCH // world,
+        steps_per_epoch=TRAJECTORY_STEPS // 2,
+        sampling=SAMPLINGS[sampling](),
+        eval_batch_size=5,
+    )
+    model = tiny_model(dm.tasks, dropout=0.0, lr_scheduler=None)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    recorder = Recorder()
+    trainer = L.Trainer(
+        max_steps=TRAJECTORY_STEPS,
+        accelerator="cpu",
+        devices=world,
+        strategy="ddp" if world > 1 else "auto",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=2,
+        use_distributed_sampler=False,
+        callbacks=[recorder],
+    )
+    trainer.fit(model, dm)
+    return {
+        "losses": recorder.losses,
+        "examples": recorder.examples,
+        "validation": recorder.validation,
+    }
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if len(sys.argv) > 2 and sys.argv[2] == "trajectory":
+        results = {
+            f"{mode}/{sampling}": trajectory(mode, sampling, world)
+            for mode in ("homogeneous", "mixed")
+            for sampling in SAMPLINGS
+        }
+        torch.save(results, out.with_suffix(f".rank{rank}.pt"))  # each rank: its own examples
+        return
     names = sys.argv[2].split(",") if len(sys.argv) > 2 else list(METHODS)
     results = {name: run(name, world) for name in names}
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank == 0:
         torch.save(results, out)
 
 
