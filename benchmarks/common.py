@@ -37,10 +37,14 @@ def machine() -> dict[str, Any]:
 
 
 def write_result(name: str, payload: dict[str, Any], markdown: str) -> Path:
-    """Writes ``results/<name>.json`` and ``results/<name>.md``; returns the JSON path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    """Writes ``results/<name>.json`` and ``results/<name>.md``; returns the JSON path.
+
+    ``MTLKIT_RESULTS_DIR`` (read at call time) redirects them, e.g. to a test's temporary folder.
+    """
+    folder = Path(os.environ.get("MTLKIT_RESULTS_DIR") or RESULTS)
+    folder.mkdir(parents=True, exist_ok=True)
     payload = {"commit": commit(), "machine": machine(), **payload}
-    path = RESULTS / f"{name}.json"
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown)
+    (folder / f"{name}.md").write_text(markdown)
     return path
