@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
@@ -11,6 +15,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mtlkit.checkpointing import AtomicCheckpointIO, RNGState
 from mtlkit.data.datamodule import MultiTaskDataModule
+from mtlkit.errors import ConfigError
 from mtlkit.model.module import MultiTaskModule
 
 
@@ -72,9 +77,122 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MtlkitCLI:
     )
 
 
-def main() -> None:
-    """Console entry point."""
-    cli_main()
+def _read_inputs(path: Path) -> list[dict[str, str]]:
+    """Inputs of ``mtlkit predict``: ``.txt`` (one text per line) or ``.jsonl`` (``text`` and an
+    optional ``text_pair`` per line). Blank lines are skipped."""
+    if not path.is_file():
+        raise ConfigError(f"input file {str(path)!r} does not exist")
+    if path.suffix not in (".txt", ".jsonl"):
+        raise ConfigError(f"input file {path} must be .txt (one text per line) or .jsonl")
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".txt":
+            items.append({"text": line})
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path} line {number} is not JSON: {err}") from err
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise ConfigError(f'{path} line {number} needs a string "text" field: {line[:80]}')
+        pair = row.get("text_pair")
+        items.append({"text": row["text"], **({"text_pair": str(pair)} if pair else {})})
+    return items
+
+
+def predict_exported(
+    model_dir: str,
+    input_path: str,
+    output_path: str,
+    tasks: list[str] | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> int:
+    """``mtlkit predict --model DIR``: one JSON line per input with every task's prediction.
+
+    Returns:
+        The number of inputs written.
+    """
+    from mtlkit.inference import ExportedModel
+
+    items = _read_inputs(Path(input_path))
+    try:
+        model = ExportedModel.from_folder(model_dir, device=device)
+        predictions = model.predict(items, tasks=tasks, batch_size=batch_size)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from err
+    out = Path(output_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for i, item in enumerate(items):
+            row = {**item, "predictions": {t: p[i] for t, p in predictions.items()}}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(items)
+
+
+def export_checkpoint(configs: list[str], ckpt_path: str, output: str) -> Path:
+    """``mtlkit export``: the model of ``configs`` with the weights and labels of ``ckpt_path``,
+    written by :func:`mtlkit.export.export_model` with the data config's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from mtlkit.export import export_model
+    from mtlkit.paths import resolve_path
+
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"checkpoint {ckpt_path!r} does not exist")
+    args = [a for c in configs for a in ("--config", c)]
+    # The checkpoint holds every weight: init_from's source need not be read (or exist).
+    args += ["--model.init_args.init_from=null", "--model.init_args.init_heads=null"]
+    cli = cli_main(args, run=False)
+    module = cli.model
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # no pickled code
+    module.on_load_checkpoint(ckpt)  # labels first: heads are built from them
+    module.load_state_dict(ckpt["state_dict"])
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path(cli.datamodule.tokenizer_path))
+    return export_model(module.eval(), tokenizer, output)
+
+
+def _export_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="mtlkit export", description="Export a trained model to a self-contained folder."
+    )
+    parser.add_argument("--config", action="append", required=True, help="repeatable")
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by mtlkit fit")
+    parser.add_argument("--output", required=True, help="folder to write")
+    ns = parser.parse_args(argv)
+    folder = export_checkpoint(ns.config, ns.ckpt_path, ns.output)
+    print(f"exported to {folder}")
+
+
+def _predict_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="mtlkit predict",
+        description="Predict with an exported model (with --config: LightningCLI's predict).",
+    )
+    parser.add_argument("--model", required=True, help="folder written by mtlkit export")
+    parser.add_argument("--input", required=True, help=".txt (a text per line) or .jsonl")
+    parser.add_argument("--output", required=True, help=".jsonl to write")
+    parser.add_argument("--tasks", default=None, help="comma-separated task names (default all)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="e.g. cuda, cuda:1")
+    ns = parser.parse_args(argv)
+    tasks = [t for t in ns.tasks.split(",") if t] if ns.tasks else None
+    n = predict_exported(ns.model, ns.input, ns.output, tasks, ns.batch_size, ns.device)
+    print(f"wrote {n} predictions to {ns.output}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: ``export``, ``predict --model`` and LightningCLI's subcommands."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["export"]:
+        return _export_main(args[1:])
+    with_config = any(a in ("--config", "-c") or a.startswith("--config=") for a in args)
+    if args[:1] == ["predict"] and not with_config:
+        return _predict_main(args[1:])
+    cli_main(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":
