@@ -136,3 +136,25 @@ def test_any_aggregator_can_work_on_the_representation():
     assert set(c.weights) == set(TASKS)
     with pytest.raises(Exception, match="works_on"):
         GradientWeighting(PCGrad(), works_on="params")
+
+
+@pytest.mark.parametrize("works_on", ["parameters", "representation"])
+def test_frozen_encoder_is_a_clear_error(works_on):
+    """With the encoder frozen (FreezeEncoder, cached features) there is no shared gradient to
+    aggregate: one message naming the cause, not torch's 'inputs cannot be empty'."""
+    from mtlkit.errors import ConfigError
+
+    encoder, heads, x, targets = _setup()
+    encoder.requires_grad_(False)
+    method = GradientWeighting(PCGrad(), works_on)
+    method.setup(TASKS)
+    z = encoder(x)
+    losses = {t: ((heads[t](z) - targets[t]) ** 2).mean() for t in TASKS}
+    ctx = StepContext(
+        step=0,
+        task_names=TASKS,
+        shared_parameters=lambda: [p for p in encoder.parameters() if p.requires_grad],
+        representations={t: z for t in TASKS},
+    )
+    with pytest.raises(ConfigError, match="no encoder parameter is trainable"):
+        method(losses, ctx)

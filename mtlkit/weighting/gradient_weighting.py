@@ -85,6 +85,17 @@ class GradientWeighting(Weighting):
         scale = float(ctx.loss_scale)
         representation = self.works_on == "representation"
         params = [] if representation else ctx.shared_parameters()
+        frozen = (
+            not any(r.requires_grad for r in ctx.representations.values())
+            if representation
+            else not params
+        )
+        if frozen:
+            raise ConfigError(
+                f"{type(self.aggregator).__name__} combines per-task gradients of the shared "
+                "encoder, but no encoder parameter is trainable (FreezeEncoder, cached features): "
+                "use a loss-level weighting method instead"
+            )
         width = (
             next(iter(ctx.representations.values())).shape[-1]
             if representation
