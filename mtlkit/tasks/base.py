@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from datasets import DatasetDict
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
@@ -120,6 +121,20 @@ class Task(ABC):
     def build_metrics(self) -> MetricCollection:
         """Fresh metric objects (one collection per split)."""
 
+    def distill_loss(
+        self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float
+    ) -> Tensor:
+        """Soft-target loss of the student's head outputs against a teacher's (knowledge
+        distillation, Hinton et al. 2015, "Distilling the Knowledge in a Neural Network").
+
+        Args:
+            logits: The student's head outputs.
+            teacher_logits: The teacher's head outputs for the same inputs (same shape).
+            labels: The sub-batch's targets (token tasks read which positions count).
+            temperature: Softening temperature ``T`` of both output distributions.
+        """
+        raise NotImplementedError(f"task type {type(self).__name__} has no distill_loss")
+
     def loss_count(self, labels: Tensor) -> int:
         """How many targets the loss of a sub-batch averages over (examples by default)."""
         return int(labels.shape[0])
@@ -147,6 +162,17 @@ def linear_head(task: Task, hidden_size: int, dropout: float) -> nn.Module:
     if getattr(task, "num_labels", None) is None:
         raise DataError(f"task {task.name!r}: num_labels is unresolved; set it or load the data")
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, task.num_labels))
+
+
+def soft_kl(logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` over the last dimension.
+
+    The ``T^2`` keeps the gradient's scale independent of ``T`` (Hinton et al. 2015).
+    """
+    t = float(temperature)
+    student = F.log_softmax(logits.float() / t, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return (teacher.exp() * (teacher - student)).sum(-1) * t * t
 
 
 def _pad(seqs: list[list[int]], width: int, value: int) -> Tensor:

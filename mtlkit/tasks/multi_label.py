@@ -168,6 +168,15 @@ class MultiLabelClassification(Task):
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
+    def distill_loss(
+        self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float
+    ) -> Tensor:
+        """``T^2 *`` BCE of the student's softened label probabilities ``sigmoid(s / T)``
+        against the teacher's ``sigmoid(t / T)``, averaged over examples and labels."""
+        t = float(temperature)
+        soft_targets = torch.sigmoid(teacher_logits.float() / t)
+        return F.binary_cross_entropy_with_logits(logits.float() / t, soft_targets) * t * t
+
     def metric_inputs(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(sigmoid probabilities, 0/1 int targets)``, both ``[batch, num_labels]``."""
         return torch.sigmoid(logits.detach().float()), labels.long()

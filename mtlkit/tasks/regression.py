@@ -112,6 +112,13 @@ class Regression(Task):
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.mse_loss(logits.float().reshape(-1), self.normalize(labels).reshape(-1))
 
+    def distill_loss(
+        self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float
+    ) -> Tensor:
+        """MSE to the teacher's prediction, on the normalised scale both heads predict
+        (``temperature`` does not apply to a real-valued output)."""
+        return F.mse_loss(logits.float().reshape(-1), teacher_logits.float().reshape(-1))
+
     def metric_inputs(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(predictions, targets)`` as float32 vectors on the original target scale."""
         return self.denormalize(logits.detach()).reshape(-1), labels.float().reshape(-1)

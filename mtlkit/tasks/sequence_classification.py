@@ -20,7 +20,7 @@ from mtlkit.tasks._labels import (
     load_label_head_state,
     resolve_num_labels,
 )
-from mtlkit.tasks.base import Task, linear_head, text_inputs
+from mtlkit.tasks.base import Task, linear_head, soft_kl, text_inputs
 
 
 class SequenceClassification(Task):
@@ -87,6 +87,13 @@ class SequenceClassification(Task):
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+
+    def distill_loss(
+        self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float
+    ) -> Tensor:
+        """Mean over examples of ``T^2 * KL(teacher || student)`` of the softened class
+        distributions."""
+        return soft_kl(logits, teacher_logits, temperature).mean()
 
     def build_metrics(self) -> MetricCollection:
         n = self.num_labels

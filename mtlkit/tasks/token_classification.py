@@ -22,7 +22,7 @@ from mtlkit.tasks._labels import (
     load_label_head_state,
     resolve_num_labels,
 )
-from mtlkit.tasks.base import IGNORE_INDEX, Task, _pad, linear_head
+from mtlkit.tasks.base import IGNORE_INDEX, Task, _pad, linear_head, soft_kl
 
 
 class TokenClassification(Task):
@@ -199,6 +199,15 @@ class TokenClassification(Task):
             label_smoothing=self.label_smoothing,
         )
         return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+    def distill_loss(
+        self, logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float
+    ) -> Tensor:
+        """Mean over labelled tokens of ``T^2 * KL(teacher || student)`` (padding, special
+        tokens and other ``IGNORE_INDEX`` positions are skipped, as in :meth:`loss`)."""
+        kept = (labels != IGNORE_INDEX).float()
+        per_token = soft_kl(logits, teacher_logits, temperature)
+        return (per_token * kept).sum() / kept.sum().clamp(min=1)
 
     def metric_inputs(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(argmax tag ids, labels)``, both ``[batch, length]``; -100 marks skipped tokens."""

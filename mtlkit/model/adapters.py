@@ -1,0 +1,239 @@
+"""Per-task LoRA adapters through peft, and the per-task adapter bookkeeping shared with
+:mod:`mtlkit.model.prompt_tuning`.
+
+The pretrained weights are frozen and shared; each task trains only its own adapter, which is
+switched on for that task's sub-batch (``per_task = True``: the model encodes task by task).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import Tensor, nn
+
+from mtlkit.errors import ConfigError
+from mtlkit.model.encoder import HFEncoder
+from mtlkit.paths import resolve_path
+
+
+class TaskAdapters:
+    """The peft wrapper of an encoder's Hugging Face model, with one adapter per task.
+
+    The wrapper lives outside the module tree: its parameters are the encoder's own (LoRA layers
+    are injected into the Hugging Face model in place; soft prompts are registered by the
+    encoder), so registering it would store every tensor twice in checkpoints.
+
+    Args:
+        make_config: Builds the peft config of one new adapter.
+    """
+
+    def __init__(self, make_config: Callable[[], PeftConfig]) -> None:
+        self.make_config = make_config
+        self.peft_model: PeftModel | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [] if self.peft_model is None else list(self.peft_model.peft_config)
+
+    def add(self, model: nn.Module, names: list[str]) -> list[str]:
+        """Adds an adapter for every name that has none yet; returns the new names."""
+        new = [n for n in names if n not in self.names]
+        for name in new:
+            if not name.isidentifier():  # adapter names become module keys (no dots, ...)
+                raise ConfigError(
+                    f"task name {name!r} cannot name a peft adapter; use letters, digits and _"
+                )
+            with warnings.catch_warnings():  # transformers' deprecation noise inside peft
+                warnings.simplefilter("ignore", FutureWarning)
+                if self.peft_model is None:
+                    self.peft_model = get_peft_model(model, self.make_config(), adapter_name=name)
+                else:
+                    self.peft_model.add_adapter(name, self.make_config())
+        self._all_trainable()
+        return new
+
+    def activate(self, name: str) -> None:
+        """Makes ``name``'s adapter the one the next forward pass uses."""
+        if name not in self.names:
+            raise ConfigError(
+                f"no adapter for task {name!r}; adapters exist for {self.names} "
+                "(prepare_tasks builds them from the model's task list)"
+            )
+        assert self.peft_model is not None
+        if self.peft_model.active_adapter != name:
+            self.peft_model.set_adapter(name)
+            # peft's set_adapter freezes the inactive adapters. One training step runs several
+            # tasks before a single backward pass, and autograd drops the gradient of a tensor
+            # that stopped requiring it: every task's adapter must stay trainable.
+            self._all_trainable()
+
+    def _all_trainable(self) -> None:
+        peft = self.peft_model
+        if peft is None:
+            return
+        if peft.active_peft_config.is_prompt_learning:
+            peft.prompt_encoder.requires_grad_(True)  # peft does not toggle prompts
+        else:
+            peft.set_requires_grad(self.names, requires_grad=True)
+
+    def save(self, folder: str | Path, tasks: list[str] | None = None) -> None:
+        """Writes the adapters of ``tasks`` (default all) in peft's format, one subfolder each."""
+        names = self._select(tasks)
+        assert self.peft_model is not None
+        self.peft_model.save_pretrained(str(folder), selected_adapters=names)
+
+    def load(self, folder: str | Path, tasks: list[str] | None = None) -> list[str]:
+        """Loads the adapters of ``tasks`` (default all) saved by :meth:`save`; returns them."""
+        names = self._select(tasks)
+        root = Path(resolve_path(str(folder)))
+        missing = [n for n in names if not (root / n / "adapter_config.json").is_file()]
+        if missing:
+            raise ConfigError(f"{root} has no saved adapter for task(s) {missing}")
+        assert self.peft_model is not None
+        device = next(self.peft_model.parameters()).device
+        for name in names:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                self.peft_model.load_adapter(
+                    str(root / name), adapter_name=name, is_trainable=True, torch_device=str(device)
+                )
+        self._all_trainable()
+        return names
+
+    def _select(self, tasks: list[str] | None) -> list[str]:
+        names = self.names if tasks is None else list(tasks)
+        unknown = [n for n in names if n not in self.names]
+        if unknown or not names:
+            raise ConfigError(f"no adapter for task(s) {unknown or names}; have {self.names}")
+        return names
+
+
+class LoRAEncoder(HFEncoder):
+    """Frozen pretrained encoder plus one LoRA adapter per task (Hu et al. 2021, "LoRA:
+    Low-Rank Adaptation of Large Language Models"), built by peft.
+
+    peft injects the LoRA layers into :attr:`model` in place, so :attr:`model` stays the Hugging
+    Face model. Its state dict keeps the Hugging Face keys of the frozen weights
+    (``...query.weight``, not peft's ``...query.base_layer.weight``) next to the adapters'
+    (``...query.lora_A.<task>.weight``): ``init_from`` and distillation teachers read and write
+    the base weights by Hugging Face keys as for a plain :class:`HFEncoder`.
+
+    Under DDP, the adapters of tasks absent from a step get no gradient: use the
+    ``ddp_find_unused_parameters_true`` strategy.
+
+    Args:
+        name_or_path: See :class:`HFEncoder`.
+        config: See :class:`HFEncoder`.
+        trust_remote_code: See :class:`HFEncoder`.
+        gradient_checkpointing: See :class:`HFEncoder`.
+        keep_layers: See :class:`HFEncoder`.
+        r: Rank of the low-rank update.
+        alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: Dropout on the adapter's input.
+        target_modules: Names of the linear layers to adapt; default peft's choice for the model
+            type (the attention ``query`` and ``value`` projections of BERT-like models).
+        adapters_from: A folder written by :meth:`save_adapters`; each task's adapter is loaded
+            from it when created.
+    """
+
+    per_task = True
+
+    def __init__(
+        self,
+        name_or_path: str | None = None,
+        config: dict[str, Any] | None = None,
+        trust_remote_code: bool = False,
+        gradient_checkpointing: bool = False,
+        keep_layers: list[int] | None = None,
+        r: int = 8,
+        alpha: float = 16.0,
+        dropout: float = 0.1,
+        target_modules: list[str] | None = None,
+        adapters_from: str | None = None,
+    ) -> None:
+        super().__init__(
+            name_or_path, config, trust_remote_code, gradient_checkpointing, keep_layers
+        )
+        if r < 1 or alpha <= 0 or not 0.0 <= dropout < 1.0:
+            raise ConfigError(
+                f"LoRA needs r >= 1, alpha > 0, 0 <= dropout < 1; got {r}, {alpha}, {dropout}"
+            )
+        self.adapters = TaskAdapters(
+            partial(
+                LoraConfig,
+                r=r,
+                lora_alpha=alpha,
+                lora_dropout=dropout,
+                target_modules=list(target_modules) if target_modules else None,
+            )
+        )
+        self.adapters_from = adapters_from
+        if gradient_checkpointing:  # frozen embeddings: checkpointed blocks need inputs with grad
+            self.model.enable_input_require_grads()
+
+    def prepare_tasks(self, task_names: list[str]) -> None:
+        """Adds a LoRA adapter for each new task (the pretrained weights stay frozen)."""
+        try:
+            new = self.adapters.add(self.model, task_names)
+        except ValueError as err:  # peft: unknown model type or target module
+            name = type(self.model).__name__
+            raise ConfigError(f"cannot add LoRA adapters to {name}: {err}") from err
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer) and not getattr(module, "_mtlkit_hf_keys", False):
+                module.register_state_dict_post_hook(_hf_keys)
+                module.register_load_state_dict_pre_hook(_peft_keys)
+                module._mtlkit_hf_keys = True
+        if new and self.adapters_from is not None:
+            self.adapters.load(self.adapters_from, new)
+
+    def save_adapters(self, folder: str | Path, tasks: list[str] | None = None) -> None:
+        """Saves the adapters of ``tasks`` (default all) in peft's format: ``folder/<task>/``."""
+        self.adapters.save(folder, tasks)
+
+    def load_adapters(self, folder: str | Path, tasks: list[str] | None = None) -> list[str]:
+        """Loads adapters saved by :meth:`save_adapters` into this encoder's tasks."""
+        return self.adapters.load(folder, tasks)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+        task: str | None = None,
+    ) -> Tensor:
+        """Token states of a sub-batch through ``task``'s adapter (none: the frozen model)."""
+        if task is None:
+            if self.adapters.peft_model is None:
+                return super().forward(input_ids, attention_mask, token_type_ids)
+            with self.adapters.peft_model.disable_adapter():
+                return super().forward(input_ids, attention_mask, token_type_ids)
+        self.adapters.activate(task)
+        return super().forward(input_ids, attention_mask, token_type_ids)
+
+
+def _base_params(module: nn.Module) -> list[str]:
+    base = module.base_layer
+    return [n for n, _ in base.named_parameters(recurse=False)] + [
+        n for n, _ in base.named_buffers(recurse=False)
+    ]
+
+
+def _hf_keys(module: nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
+    """State-dict hook of a LoRA layer: its frozen weights under their Hugging Face keys."""
+    for name in _base_params(module):
+        key = f"{prefix}base_layer.{name}"
+        if key in state:
+            state[prefix + name] = state.pop(key)
+
+
+def _peft_keys(module: nn.Module, state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load hook of a LoRA layer: Hugging Face keys go to peft's ``base_layer``."""
+    for name in _base_params(module):
+        if prefix + name in state and f"{prefix}base_layer.{name}" not in state:
+            state[f"{prefix}base_layer.{name}"] = state.pop(prefix + name)
