@@ -20,7 +20,11 @@ def _standalone(path: str) -> bool:
 
 # Full configs run on their own; the others are overrides, stacked on the tiny base config.
 CONFIGS = [c for c in ALL if _standalone(c)]
-OVERRIDES = [c for c in ALL if c.startswith("configs/weighting/")]
+WEIGHTING = [c for c in ALL if c.startswith("configs/weighting/")]
+REGIMES = [c for c in ALL if c.startswith("configs/transfer/regimes/")]
+OVERRIDES = WEIGHTING + REGIMES
+# Fitted against a stand-in teacher in tests/test_distillation.py (it needs a checkpoint).
+NEEDS_CHECKPOINT = {"configs/transfer/distill_minilm.yaml"}
 BASE = str(ROOT / "configs/tiny/tiny.yaml")
 # Quick overrides so a real fit of any config takes seconds: few steps, tiny evaluation.
 FAST = [
@@ -39,9 +43,33 @@ FAST = [
 def test_configs_are_found():
     assert "configs/quickstart.yaml" in CONFIGS and "configs/tiny/tiny.yaml" in CONFIGS
     assert "configs/weighting/gradnorm.yaml" in OVERRIDES
+    assert "configs/transfer/regimes/gradual_unfreeze.yaml" in OVERRIDES
+    assert "configs/transfer/sms_spam.yaml" in CONFIGS
 
 
-@pytest.mark.parametrize("override", OVERRIDES)
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A multi-task checkpoint of the tiny config: the source every transfer regime starts from."""
+    tmp = tmp_path_factory.mktemp("source")
+    cli = cli_main(["fit", "--config", BASE, *FAST, f"--trainer.default_root_dir={tmp}"])
+    path = tmp / "source.ckpt"
+    cli.trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.mark.parametrize("override", REGIMES)
+def test_transfer_regime_from_checkpoint(override, tiny_checkpoint, tmp_path, monkeypatch):
+    """Every regime override stacks on a config and fine-tunes from a multi-task checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", BASE, "--config", str(ROOT / override)]
+    args += [f"--model.init_args.init_from={tiny_checkpoint}", *FAST]
+    cli = cli_main(["fit", *args])
+    assert cli.trainer.global_step == 3
+    report = cli.model.init_report
+    assert "encoder" in report.loaded and report.source == str(tiny_checkpoint)
+
+
+@pytest.mark.parametrize("override", WEIGHTING)
 def test_override_stacks_and_fits(override, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     built = cli_main(["--config", BASE, "--config", str(ROOT / override)], run=False)
@@ -64,7 +92,7 @@ def test_config_instantiates(config, tmp_path, monkeypatch):
     assert cli.model.tasks == {t.name: t for t in cli.datamodule.tasks}  # linked, same objects
 
 
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c not in NEEDS_CHECKPOINT])
 def test_config_fits_a_few_steps(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = cli_main(["fit", "--config", str(ROOT / config), *FAST])

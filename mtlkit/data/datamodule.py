@@ -10,7 +10,6 @@ import lightning as L
 import numpy as np
 from datasets import Dataset
 from datasets.fingerprint import Hasher
-from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -53,7 +52,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self,
         tasks: list[Task],
         tokenizer: str,
-        sampling: SamplingStrategy = lazy_instance(Proportional),
+        sampling: SamplingStrategy | None = None,
         batch_mode: BatchMode = "homogeneous",
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -74,6 +73,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             raise ConfigError(f"duplicate task names {dupes}: every task needs its own name")
         if batch_mode not in ("homogeneous", "mixed"):
             raise ConfigError(f"batch_mode must be 'homogeneous' or 'mixed', got {batch_mode!r}")
+        sampling = sampling if sampling is not None else Proportional()
         if not isinstance(sampling, SamplingStrategy):
             raise ConfigError(f"sampling must be a SamplingStrategy, got {type(sampling).__name__}")
         self.tasks = list(tasks)

@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
@@ -33,7 +32,8 @@ class MultiTaskModule(L.LightningModule):
     Args:
         encoder: The shared encoder.
         tasks: The tasks (linked from the data module by the CLI; the same objects).
-        weighting: Combines per-task losses into the training objective.
+        weighting: Combines per-task losses into the training objective (default: a new
+            ``EqualWeighting``).
         pooling: Sentence representation for sequence-level heads: ``cls`` or ``mean``.
         dropout: Dropout before each head.
         optimizer: Builds the optimizer from parameter groups (default AdamW, lr 5e-5).
@@ -56,7 +56,7 @@ class MultiTaskModule(L.LightningModule):
         self,
         encoder: HFEncoder,
         tasks: list[Task],
-        weighting: Weighting = lazy_instance(EqualWeighting),
+        weighting: Weighting | None = None,
         pooling: Pooling = "mean",
         dropout: float = 0.1,
         optimizer: OptimizerCallable = adamw,
@@ -82,7 +82,8 @@ class MultiTaskModule(L.LightningModule):
         self.tasks = {t.name: t for t in tasks}
         if len(self.tasks) != len(tasks):
             raise ConfigError(f"duplicate task names in {[t.name for t in tasks]}")
-        self.weighting = weighting
+        # A fresh default per model: a shared default instance would tie models' modes/state.
+        self.weighting = weighting if weighting is not None else EqualWeighting()
         self.weighting.setup(self.task_names)
         self.pooling, self.dropout = pooling, dropout
         self.optimizer_fn, self.scheduler_fn, self.head_lr = optimizer, lr_scheduler, head_lr

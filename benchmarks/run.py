@@ -1,0 +1,285 @@
+"""``make bench``: single-task baselines, sampling strategies and weighting methods on real data.
+
+    python -m benchmarks.run                  # the default CPU suite (about 45-60 min on 2 cores)
+    python -m benchmarks.run --full           # more steps, evaluation and seeds (for a GPU)
+    python -m benchmarks.run --only mtl       # one part: mtl, throughput, chinese
+    python -m benchmarks.run --rows single,sampling/t2 --seeds 1 --steps 10   # a quick check
+
+The English suite is ``configs/quickstart.yaml`` (MiniLM-L6 shared by TREC, BBC topic and the
+sentiment-rating regression) plus one small override per row, trained in-process through the
+CLI. Budget: a single-task run gets ``steps`` steps; a multi-task run gets the sum over its tasks
+(``3 * steps``), so every task could see as many examples as alone. Every multi-task row reports
+per-task validation metrics (the tasks' primary metrics: accuracy, accuracy, Pearson r), their
+mean, and Δm% (Maninis et al. 2019, as LibMTL and Nash-MTL report it): the mean over tasks of the
+relative change against the single-task baseline, in percent (all three metrics are
+higher-is-better), as mean ± std over seeds. Writes ``results/mtl_suite.{json,md,png}``;
+``--only throughput`` and ``--only chinese`` run :mod:`benchmarks.throughput` and
+:mod:`benchmarks.chinese`. The README tables are filled from the markdown files afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import RESULTS, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "configs" / "quickstart.yaml"
+WEIGHTING = ROOT / "configs" / "weighting"
+PRIMARY = {"trec": "accuracy", "bbc_topic": "accuracy", "sentiment": "pearson"}
+MODES = {
+    "default": {"steps": 40, "seeds": 3, "max_eval": 300},
+    "full": {"steps": 400, "seeds": 5, "max_eval": None},
+}
+SAMPLING = {
+    "proportional": "mtlkit.data.sampling.Proportional",
+    "uniform": "mtlkit.data.sampling.Uniform",
+    "t2": ("mtlkit.data.sampling.Temperature", 2.0),
+    "t5": ("mtlkit.data.sampling.Temperature", 5.0),
+}
+# Weighting rows all use mixed batches (every task in every step), equal weighting included, so
+# they differ from each other only in the method.
+METHODS = [
+    "equal",
+    "static",
+    "uncertainty",
+    "dwa",
+    "rlw",
+    "famo",
+    "gradnorm",
+    "pcgrad",
+    "cagrad",
+    "mgda",
+    "mgda_ub",
+    "imtl_g",
+    "aligned_mtl",
+    "upgrad",
+    "nash_mtl",
+]
+
+
+def rows() -> dict[str, dict[str, Any]]:
+    """Row name -> what it overrides on the base config."""
+    table: dict[str, dict[str, Any]] = {f"single/{t}": {"single": t} for t in PRIMARY}
+    for name, spec in SAMPLING.items():
+        cls, temperature = spec if isinstance(spec, tuple) else (spec, None)
+        sampling: dict[str, Any] = {"class_path": cls}
+        if temperature is not None:
+            sampling["init_args"] = {"temperature": temperature}
+        table[f"sampling/{name}"] = {"data": {"init_args": {"sampling": sampling}}}
+    for method in METHODS:
+        table[f"weighting/{method}"] = {"config": WEIGHTING / f"{method}.yaml", "mixed": True}
+    return table
+
+
+def _override_files(row: dict[str, Any], tmp: Path) -> list[str]:
+    files: list[str] = []
+    if "single" in row:
+        base = yaml.safe_load(BASE.read_text())
+        task = [
+            t for t in base["data"]["init_args"]["tasks"] if t["init_args"]["name"] == row["single"]
+        ]
+        path = tmp / f"single_{row['single']}.yaml"
+        path.write_text(yaml.safe_dump({"data": {"init_args": {"tasks": task}}}))
+        files.append(str(path))
+    if "data" in row:
+        path = tmp / "override.yaml"
+        path.write_text(yaml.safe_dump({"data": row["data"]}))
+        files.append(str(path))
+    if "config" in row:
+        files.append(str(row["config"]))
+    return [arg for f in files for arg in ("--config", f)]
+
+
+def run_one(row: dict[str, Any], seed: int, steps: int, max_eval: int | None) -> dict[str, Any]:
+    """Trains one row with one seed; returns validation metrics and wall time."""
+    from mtlkit.callbacks import metric_rows
+    from mtlkit.cli import cli_main
+
+    n_tasks = 1 if "single" in row else len(PRIMARY)
+    total = steps * n_tasks
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["fit", "--config", str(BASE), *_override_files(row, Path(tmp))]
+        args += [
+            f"--seed_everything={seed}",
+            "--trainer.logger=false",
+            "--trainer.callbacks=[]",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.max_steps={total}",
+            "--trainer.max_epochs=1",
+            f"--data.init_args.steps_per_epoch={total}",
+            f"--data.init_args.seed={seed}",
+        ]
+        if max_eval is not None:
+            args.append(f"--data.init_args.max_eval_examples={max_eval}")
+        if row.get("mixed"):
+            args.append("--data.init_args.batch_mode=mixed")
+        start = time.perf_counter()
+        cli = cli_main(args)
+        seconds = time.perf_counter() - start
+    metrics = metric_rows(cli.trainer.callback_metrics, "val")
+    return {"seed": seed, "steps": total, "seconds": round(seconds, 1), "val": metrics}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per row: primary metric per task and their mean (mean ± std over seeds), and Δm% against
+    the single-task baselines (computed per seed against the baselines' mean over seeds)."""
+    single = {
+        t: statistics.fmean(r["val"][t][m] for r in results[f"single/{t}"])
+        for t, m in PRIMARY.items()
+        if f"single/{t}" in results
+    }
+    summary: dict[str, dict[str, Any]] = {}
+    for name, runs in results.items():
+        tasks = [t for t in PRIMARY if t in runs[0]["val"]]
+        per_task = {t: _mean_std([r["val"][t][PRIMARY[t]] for r in runs]) for t in tasks}
+        means = [statistics.fmean(r["val"][t][PRIMARY[t]] for t in tasks) for r in runs]
+        entry: dict[str, Any] = {"tasks": per_task, "mean": _mean_std(means)}
+        if not name.startswith("single/") and set(single) == set(tasks):
+            deltas = [
+                100
+                * statistics.fmean((r["val"][t][PRIMARY[t]] - single[t]) / single[t] for t in tasks)
+                for r in runs
+            ]
+            entry["delta_m"] = _mean_std(deltas)
+        entry["seconds"] = statistics.fmean(r["seconds"] for r in runs)
+        summary[name] = entry
+    return summary
+
+
+def _cell(value: tuple[float, float] | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+
+
+def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> str:
+    head = "| row | " + " | ".join(f"{t} {m}" for t, m in PRIMARY.items()) + " | mean | Δm% |"
+    lines = [head, "|" + "---|" * (len(PRIMARY) + 3)]
+    for name, entry in summary.items():
+        cells = [_cell(entry["tasks"].get(t)) for t in PRIMARY]
+        delta = _cell(entry.get("delta_m"), 2) if "delta_m" in entry else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_cell(entry['mean'])} | {delta} |")
+    lines.append(
+        f"\nMiniLM-L6, validation split (at most {settings['max_eval']} examples per task), "
+        f"{settings['seeds']} seeds (mean ± std). Single-task runs: {settings['steps']} steps of "
+        f"16; multi-task runs: {settings['steps'] * len(PRIMARY)} steps of 16. `sampling/*` rows: "
+        "equal weights, one task per batch; `weighting/*` rows: temperature sampling (T=2), every "
+        "task in every batch. Δm%: mean relative change of the primary metrics against the "
+        "single-task rows (higher is better)."
+    )
+    lines.append(sampling_verdict(summary))
+    return "\n".join(lines) + "\n"
+
+
+def sampling_verdict(summary: dict[str, dict[str, Any]]) -> str:
+    """Does temperature sampling help the small tasks without hurting the large ones? Answered
+    from the numbers: each task's change against proportional sampling."""
+    ref = summary.get("sampling/proportional")
+    if ref is None:
+        return ""
+    parts = []
+    for row in ("sampling/t2", "sampling/t5", "sampling/uniform"):
+        if row in summary:
+            changes = ", ".join(
+                f"{t} {summary[row]['tasks'][t][0] - ref['tasks'][t][0]:+.3f}"
+                for t in PRIMARY
+                if t in ref["tasks"]
+            )
+            parts.append(f"{row.split('/')[1]}: {changes}")
+    return (
+        "\nChange of each task's primary metric against proportional sampling: "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def plot(summary: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, e in summary.items() if "delta_m" in e]
+    means = [summary[n]["delta_m"][0] for n in names]
+    stds = [summary[n]["delta_m"][1] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
+    ax.barh(names, means, xerr=stds, color=["tab:blue" if m >= 0 else "tab:red" for m in means])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("Δm% against single-task (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def mtl_suite(mode: str, only_rows: list[str] | None, seeds: int | None, steps: int | None) -> Path:
+    settings = dict(MODES[mode])
+    settings.update({k: v for k, v in {"seeds": seeds, "steps": steps}.items() if v is not None})
+    table = rows()
+    selected = {n: r for n, r in table.items() if not only_rows or n in only_rows}
+    results: dict[str, list[dict[str, Any]]] = {}
+    start = time.perf_counter()
+    for name, row in selected.items():
+        results[name] = []
+        for seed in range(settings["seeds"]):
+            out = run_one(row, seed, settings["steps"], settings["max_eval"])
+            results[name].append(out)
+            print(f"[bench] {name} seed {seed}: {out['seconds']} s", flush=True)
+    summary = summarise(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot(summary, RESULTS / "mtl_suite.png")
+    payload = {
+        "mode": mode,
+        "settings": settings,
+        "base_config": str(BASE.relative_to(ROOT)),
+        "rows": {n: {k: str(v) for k, v in r.items()} for n, r in selected.items()},
+        "runs": results,
+        "summary": summary,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+    return write_result("mtl_suite", payload, markdown(summary, settings))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--full", action="store_true", help="the large version (for a GPU)")
+    parser.add_argument("--only", choices=["mtl", "throughput", "chinese"], action="append")
+    parser.add_argument("--rows", help="comma-separated rows of the English suite")
+    parser.add_argument("--seeds", type=int)
+    parser.add_argument("--steps", type=int, help="steps per task")
+    args = parser.parse_args()
+    mode = "full" if args.full else "default"
+    parts = args.only or ["throughput", "chinese", "mtl"]
+    start = time.perf_counter()
+    if "throughput" in parts:
+        from benchmarks import throughput
+
+        throughput.run(mode)
+    if "chinese" in parts:
+        from benchmarks import chinese
+
+        chinese.run(mode)
+    if "mtl" in parts:
+        print(mtl_suite(mode, args.rows.split(",") if args.rows else None, args.seeds, args.steps))
+    from benchmarks import update_readme
+
+    update_readme.main()
+    print(f"[bench] done in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
