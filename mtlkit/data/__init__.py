@@ -6,6 +6,7 @@ from mtlkit.data.sources import DataSource, HubDataset, InMemory, LocalFiles, Py
 
 __all__ = [
     "DataSource",
+    "FeatureDataModule",
     "HubDataset",
     "InMemory",
     "LocalFiles",
@@ -20,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from mtlkit.data.datamodule import MultiTaskDataModule
 
         return MultiTaskDataModule
+    if name == "FeatureDataModule":
+        from mtlkit.data.features import FeatureDataModule
+
+        return FeatureDataModule
     raise AttributeError(f"module 'mtlkit.data' has no attribute {name!r}")
