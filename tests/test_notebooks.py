@@ -26,6 +26,7 @@ KERNEL = "mtlkit-test-kernel"
 EXPECTED = {
     "01_quickstart.ipynb": ["val metrics per task", "val/mean =", "trec="],
     "02_weighting.ipynb": ["method", "pcgrad", "uncertainty", "cos(trec, sentiment)"],
+    "03_transfer.ipynb": ["loaded", "checkpoint  frozen encoder", "L2-SP", "exported", "p(spam)"],
 }
 CELL_TIMEOUT_S = 120
 
