@@ -16,7 +16,9 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
 from mtlkit.errors import ConfigError
+from mtlkit.model.distributed import global_mean_losses
 from mtlkit.model.encoder import HFEncoder
+from mtlkit.model.param_groups import encoder_param_groups
 from mtlkit.model.pooling import Pooling, pool
 from mtlkit.optim import LinearWarmupDecay, adamw
 from mtlkit.tasks.base import Task
@@ -230,38 +232,10 @@ class MultiTaskModule(L.LightningModule):
         return loss
 
     def _global_mean_losses(self, losses: dict[str, Tensor], subs: dict[str, Any]) -> dict:
-        """Rescales each process's per-task mean loss so that DDP's gradient average equals the
-        gradient of the mean over the *global* batch, even when processes hold different numbers
-        of a task's examples (mixed batches)."""
         if self._trainer is None or self.trainer.world_size == 1:
             return losses
-        device = next(iter(losses.values())).device
-        counts = torch.tensor(
-            [
-                float(self.tasks[t].loss_count(subs[t]["labels"])) if t in losses else 0.0
-                for t in self.task_names
-            ],
-            device=device,
-        )
-        totals = self.trainer.strategy.reduce(counts.clone(), reduce_op="sum")
-        factor = counts * self.trainer.world_size / totals.clamp_min(1.0)
-        index = {t: i for i, t in enumerate(self.task_names)}
-        scaled = {t: loss * factor[index[t]] for t, loss in losses.items()}
-        # Averaged over processes, the rescaled values are the global batch's mean losses. Each
-        # loss takes that value (its gradient is unchanged), and a task present only on other
-        # processes enters as a constant: every process hands the weighting method the same
-        # tasks and values, so stateful methods (DWA, FAMO, GradNorm, ...) stay in step.
-        values = torch.zeros(len(self.task_names), device=device)
-        for t, loss in scaled.items():
-            values[index[t]] = loss.detach().float()
-        values = self.trainer.strategy.reduce(values, reduce_op="mean")
-        out = {}
-        for t, i in index.items():
-            if t in scaled:
-                out[t] = scaled[t] - scaled[t].detach() + values[i].to(scaled[t].dtype)
-            elif totals[i] > 0:
-                out[t] = values[i]
-        return out
+        counts = {t: float(self.tasks[t].loss_count(subs[t]["labels"])) for t in losses}
+        return global_mean_losses(losses, counts, self.task_names, self.trainer.strategy)
 
     def _scaler(self) -> Any:
         plugin = self._trainer.precision_plugin if self._trainer is not None else None
@@ -363,7 +337,7 @@ class MultiTaskModule(L.LightningModule):
 
     # ---------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
-        groups = self._encoder_param_groups()
+        groups = encoder_param_groups(self.encoder, self.layer_lr_decay)
         heads = {"params": list(self.heads.parameters()), "name": "heads"}
         if self.head_lr is not None:
             heads["lr"] = self.head_lr
@@ -379,25 +353,6 @@ class MultiTaskModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
-
-    def _encoder_param_groups(self) -> list[dict[str, Any]]:
-        if self.layer_lr_decay is None:
-            params = [p for p in self.encoder.parameters() if p.requires_grad]
-            return [{"params": params, "name": "encoder"}]
-        by_depth = self.encoder.layer_groups()  # embeddings, layer 0..N-1, rest (top)
-        n = len(by_depth) - 2
-        groups = []
-        for depth, params in enumerate(by_depth):
-            exponent = n + 1 - depth if depth <= n else 0
-            name = "embeddings" if depth == 0 else f"layer_{depth - 1}" if depth <= n else "top"
-            groups.append(
-                {
-                    "params": [p for p in params if p.requires_grad],
-                    "name": f"encoder.{name}",
-                    "lr_scale": self.layer_lr_decay**exponent,
-                }
-            )
-        return groups
 
     # -------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
