@@ -18,29 +18,27 @@ WORKER = Path(__file__).resolve().parent / "scripts" / "ddp_worker.py"
 TOLERANCE = {"famo": 2e-2}
 
 
-@pytest.fixture(scope="module")
-def updates(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp")
+def _run_single_and_double(tmp, *args, port):
+    """The worker once in one process and once as 2 gloo processes under torchrun."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parents[2])}
     single, double = tmp / "single.pt", tmp / "double.pt"
     subprocess.run(
-        [sys.executable, str(WORKER), str(single)],
+        [sys.executable, str(WORKER), str(single), *args],
         env=env,
         check=True,
         capture_output=True,
         timeout=600,
     )
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29537",
-        str(WORKER),
-        str(double),
-    ]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    launch += [f"--master_port={port}", str(WORKER), str(double), *args]
     proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return single, double
+
+
+@pytest.fixture(scope="module")
+def updates(tmp_path_factory):
+    single, double = _run_single_and_double(tmp_path_factory.mktemp("ddp"), port=29537)
     return torch.load(single), torch.load(double)
 
 
@@ -70,27 +68,7 @@ def test_two_processes_match_one(updates, name):
 def trajectories(tmp_path_factory):
     """8 Adam steps (2 epochs) + validation, per batch mode and sampler, on 1 and on 2 processes."""
     tmp = tmp_path_factory.mktemp("ddp_trajectory")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parents[2])}
-    single, double = tmp / "single.pt", tmp / "double.pt"
-    subprocess.run(
-        [sys.executable, str(WORKER), str(single), "trajectory"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29538",
-        str(WORKER),
-        str(double),
-        "trajectory",
-    ]
-    proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, double = _run_single_and_double(tmp, "trajectory", port=29538)
     load = torch.load
     return (
         load(single.with_suffix(".rank0.pt")),
