@@ -1,0 +1,336 @@
+"""Training throughput of mtlkit (Lightning) against a hand-written PyTorch loop, and padding.
+
+    python -m benchmarks.throughput            # CPU suite: MiniLM, then a tiny BERT
+    python -m benchmarks.throughput --smoke    # seconds: the tiny BERT only, few steps
+    python -m benchmarks.throughput --full     # bigger batches and more steps (for a GPU)
+
+Both sides train the same encoder (same weights), the same mean-pooling + linear heads, with the
+same AdamW (lr 5e-5, weight decay 0.01, constant rate), on the same collated batches: the first
+batches of one training epoch of a ``MultiTaskDataModule`` over the quickstart tasks
+(homogeneous batches, temperature sampling, ``group_by_length``, seed 0). Every side checks that
+it trained on exactly those batches. Sides:
+
+* ``plain``: a hand-written loop (``AutoModel`` forward, pooling, head, loss, backward,
+  ``optimizer.step()``, ``zero_grad``).
+* ``module_only``: ``MultiTaskModule.training_step`` in the same hand-written loop (its own
+  optimizer parameter groups; ``self.log`` muted, as it needs a Trainer).
+* ``mtlkit_nolog``: ``MultiTaskModule`` under ``lightning.Trainer`` (no logger, progress bar or
+  checkpoints), ``self.log`` muted. ``mtlkit``: the same with ``self.log``.
+  ``mtlkit_tensorboard``: plus TensorBoard every 10 steps. ``mtlkit_logged``: plus Lightning's
+  default progress bar too, as the quickstart config.
+
+Per step: wall-clock and CPU time from ``on_train_batch_start`` to ``on_train_batch_end`` (the
+plain loop: around its step), and the loop's wall time per step (fetching the batch and
+Lightning's bookkeeping included). Sides run in interleaved rounds (a new order every round),
+warm-up steps skipped; the fastest round is the estimate (least disturbed by other load), the
+median is kept too. The tiny BERT makes the fixed per-step cost of the framework visible (on a
+GPU the encoder's step is short too). The padding part needs no model: the share of real tokens
+over one epoch of the training sampler with and without ``group_by_length``.
+Writes ``benchmarks/results/throughput.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel
+
+from benchmarks._timing import Batch, LightningSide, ModuleLoop, PlainLoop, fingerprint
+from benchmarks.common import write_result
+from mtlkit.data import MultiTaskDataModule, PythonCallable
+from mtlkit.data.batching import count_tokens
+from mtlkit.data.sampling import Temperature
+from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.paths import MINILM, resolve_path
+from mtlkit.tasks import Regression, SequenceClassification
+from mtlkit.tasks.base import Task
+
+#: Each side adds one layer to the one before: the difference between two is that layer's cost.
+ALL_SIDES = [
+    "plain",
+    "module_only",
+    "mtlkit_nolog",
+    "mtlkit",
+    "mtlkit_tensorboard",
+    "mtlkit_logged",
+]
+SETTINGS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "batch_size": 8,
+        "max_train_examples": 200,
+        "runs": [{"encoder": "tiny", "warmup": 2, "steps": 4, "rounds": 2, "sides": ALL_SIDES}],
+    },
+    "default": {
+        "batch_size": 16,
+        "max_train_examples": None,
+        "runs": [
+            {"encoder": "minilm", "warmup": 3, "steps": 15, "rounds": 3,
+             "sides": ["plain", "mtlkit", "mtlkit_logged"]},
+            {"encoder": "tiny", "warmup": 3, "steps": 40, "rounds": 7, "sides": ALL_SIDES},
+        ],
+    },
+    "full": {
+        "batch_size": 32,
+        "max_train_examples": None,
+        "runs": [
+            {"encoder": "minilm", "warmup": 10, "steps": 100, "rounds": 5, "sides": ALL_SIDES},
+            {"encoder": "tiny", "warmup": 10, "steps": 100, "rounds": 5, "sides": ALL_SIDES},
+        ],
+    },
+}  # fmt: skip
+#: A random BERT of the size transformers' own tests use, on MiniLM's vocabulary.
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+}
+LR, WEIGHT_DECAY, DROPOUT, TARGET = 5e-5, 0.01, 0.1, 1.05
+
+
+def quickstart_tasks() -> list[Task]:
+    """The tasks of ``configs/quickstart.yaml``, built in Python."""
+    sentiment = PythonCallable(
+        "mtlkit.packaged.sentiment_ratings",
+        kwargs={"sources": ["tweets", "amazonReviewSnippets", "nytEditorialSnippets"]},
+    )
+    return [
+        SequenceClassification("trec", PythonCallable("mtlkit.packaged.trec"), max_length=48),
+        SequenceClassification(
+            "bbc_topic", PythonCallable("mtlkit.packaged.bbc_news"), max_length=128
+        ),
+        Regression("sentiment", sentiment, max_length=64, target_scale=2.0),
+    ]
+
+
+def data_module(
+    cfg: dict[str, Any], group_by_length: bool, like: MultiTaskDataModule | None = None
+) -> MultiTaskDataModule:
+    """The quickstart mixture; ``like``: reuse its tasks and tokenized splits (no reload)."""
+    dm = MultiTaskDataModule(
+        like.tasks if like else quickstart_tasks(),
+        MINILM,
+        sampling=Temperature(2.0),
+        batch_mode="homogeneous",
+        batch_size=cfg["batch_size"],
+        group_by_length=group_by_length,
+        max_train_examples=cfg["max_train_examples"],
+        seed=0,
+    )
+    if like is not None:
+        dm.tokenizer, dm.splits = like.tokenizer, like.splits
+    dm.setup("fit")
+    return dm
+
+
+def padding_share(dm: MultiTaskDataModule) -> tuple[dict[str, Any], list[Batch]]:
+    """Real-token shares over one epoch of ``dm``'s training sampler, and the epoch's batches."""
+    batches, shares, per_task = [], [], {}
+    for batch in dm.train_dataloader():
+        real, total = count_tokens(batch)
+        shares.append(real / total)
+        for name in batch["tasks"]:  # one task per batch (homogeneous)
+            counts = per_task.setdefault(name, [0, 0])
+            counts[0], counts[1] = counts[0] + real, counts[1] + total
+        batches.append(batch)
+    real, total = (sum(c[i] for c in per_task.values()) for i in (0, 1))
+    stats = {
+        "batches": len(shares),
+        "mean_batch_share": statistics.fmean(shares),
+        "overall_share": real / total,
+        "per_task": {n: c[0] / c[1] for n, c in sorted(per_task.items())},
+    }
+    return stats, batches
+
+
+def adamw(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
+
+
+def build_models(encoder: str, tasks: list[Task]) -> tuple[MultiTaskModule, nn.Module]:
+    """mtlkit's module and the plain ``AutoModel`` + heads, with identical weights."""
+    torch.manual_seed(0)
+    if encoder == "tiny":
+        config = AutoConfig.from_pretrained(resolve_path(MINILM), **TINY)
+        mtl_encoder = HFEncoder(config=config.to_dict())
+        plain = AutoModel.from_config(config, add_pooling_layer=False)
+    else:
+        mtl_encoder = HFEncoder(MINILM)
+        plain = AutoModel.from_pretrained(resolve_path(MINILM), add_pooling_layer=False)
+    model = MultiTaskModule(
+        mtl_encoder, tasks, pooling="mean", dropout=DROPOUT, optimizer=adamw, lr_scheduler=None
+    )
+    plain.load_state_dict(model.encoder.model.state_dict())
+    heads = nn.ModuleDict()
+    for task in tasks:
+        out = 1 if isinstance(task, Regression) else task.num_labels
+        heads[task.name] = nn.Sequential(
+            nn.Dropout(DROPOUT), nn.Linear(plain.config.hidden_size, out)
+        )
+        heads[task.name][1].load_state_dict(model.heads[task.name][1].state_dict())
+    return model, nn.ModuleDict({"encoder": plain, "heads": heads})
+
+
+def measure(run: dict[str, Any], batches: list[Batch], tasks: list[Task]) -> dict[str, Any]:
+    """Interleaved rounds of every side; per side and round: mean step, CPU and loop times."""
+    model, plain = build_models(run["encoder"], tasks)
+    scales = {t.name: t.target_scale for t in tasks if isinstance(t, Regression)}
+    logdir = tempfile.mkdtemp(prefix="mtlkit-throughput-")
+    sides = {
+        "plain": PlainLoop(plain, scales, adamw),
+        "module_only": ModuleLoop(model),
+        "mtlkit_nolog": LightningSide(model, logdir, mute_log=True),
+        "mtlkit": LightningSide(model, logdir),
+        "mtlkit_tensorboard": LightningSide(model, logdir, tensorboard=True),
+        "mtlkit_logged": LightningSide(model, logdir, tensorboard=True, progress_bar=True),
+    }
+    names = run["sides"]
+    expected = [fingerprint(b) for b in batches]
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for r in range(run["rounds"]):
+        # Rotate the order so that no side always runs first (cold caches) or last.
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            out = sides[name].run(batches, run["warmup"])
+            if out.pop("fingerprints") != expected:
+                raise RuntimeError(f"{name} did not train on the expected batches, in order")
+            rounds[name].append(out)
+    return summarise(rounds, batches[run["warmup"] :])
+
+
+def summarise(rounds: dict[str, list[dict[str, float]]], measured: list[Batch]) -> dict[str, Any]:
+    real = sum(count_tokens(b)[0] for b in measured) / len(measured)  # per step
+    sides: dict[str, Any] = {}
+    for name, values in rounds.items():
+        side: dict[str, Any] = {"rounds": values}
+        for kind in ("step", "cpu", "loop"):
+            seconds = [v[kind] for v in values]
+            fastest, median = min(seconds), statistics.median(seconds)
+            side[kind] = {
+                "fastest_s": fastest,
+                "median_s": median,
+                "spread": max(seconds) / fastest - 1,  # round-to-round noise of this machine
+                "steps_per_s": 1 / fastest,
+                "tokens_per_s": real / fastest,
+            }
+        sides[name] = side
+    base = sides["plain"]
+    for side in sides.values():
+        side["ratio"] = {
+            f"{kind}_{est}": side[kind][f"{est}_s"] / base[kind][f"{est}_s"]
+            for kind in ("step", "cpu", "loop")
+            for est in ("fastest", "median")
+        }
+        side["overhead_ms"] = {
+            kind: 1000 * (side[kind]["fastest_s"] - base[kind]["fastest_s"])
+            for kind in ("step", "cpu", "loop")
+        }
+    # What each layer adds per step (loop time: everything a step costs, fetching included).
+    names = list(sides)
+    layers = {
+        f"{b} - {a}": 1000 * (sides[b]["loop"]["fastest_s"] - sides[a]["loop"]["fastest_s"])
+        for a, b in zip(names, names[1:], strict=False)
+    }
+    return {"sides": sides, "real_tokens_per_step": real, "layer_ms": layers}
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    lines = []
+    for run in payload["settings"]["runs"]:
+        result = payload["runs"][run["encoder"]]
+        lines += [
+            f"Encoder `{run['encoder']}`, batch {payload['settings']['batch_size']}, "
+            f"{run['steps']} timed steps after {run['warmup']} warm-up, fastest of "
+            f"{run['rounds']} interleaved rounds; {result['real_tokens_per_step']:.0f} real "
+            "tokens per step; the plain loop's slowest round took "
+            f"{100 * result['sides']['plain']['step']['spread']:.0f}% longer than its fastest "
+            "(the noise of this machine).\n",
+            "| loop | step ms | CPU ms | steps/s | tokens/s | vs plain | loop ms/step "
+            "| loop vs plain |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, s in result["sides"].items():
+            step, loop = s["step"], s["loop"]
+            lines.append(
+                f"| {name} | {1000 * step['fastest_s']:.1f} | {1000 * s['cpu']['fastest_s']:.1f} "
+                f"| {step['steps_per_s']:.2f} | {step['tokens_per_s']:.0f} "
+                f"| {s['ratio']['step_fastest']:.3f}x | {1000 * loop['fastest_s']:.1f} "
+                f"| {s['ratio']['loop_fastest']:.3f}x |"
+            )
+        costs = ", ".join(f"{k}: {v:+.1f} ms" for k, v in result["layer_ms"].items())
+        lines += ["", f"Per-step cost of each layer (loop time): {costs}.", ""]
+    lines += [
+        "| group_by_length | batches | real tokens (mean per batch) | real tokens (all) |",
+        "|---|---|---|---|",
+    ]
+    for key, p in payload["padding"].items():
+        lines.append(
+            f"| {key == 'grouped'} | {p['batches']} | {p['mean_batch_share']:.3f} "
+            f"| {p['overall_share']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run(mode: str = "default") -> dict[str, Any]:
+    """Runs the benchmark in ``mode`` (``smoke``, ``default`` or ``full``); returns the payload."""
+    cfg = SETTINGS[mode]
+    start = time.perf_counter()
+    grouped = data_module(cfg, group_by_length=True)
+    padding = {}
+    padding["grouped"], epoch = padding_share(grouped)
+    padding["ungrouped"], _ = padding_share(data_module(cfg, False, like=grouped))
+    results = {}
+    for spec in cfg["runs"]:
+        # The first steps of a real training run, replayed by every side in every round.
+        batches = epoch[: spec["warmup"] + spec["steps"]]
+        results[spec["encoder"]] = measure(spec, batches, grouped.tasks)
+    head = cfg["runs"][0]["encoder"]
+    ratio = results[head]["sides"]["mtlkit"]["ratio"]
+    payload = {
+        "mode": mode,
+        "settings": {
+            **cfg,
+            "tasks": grouped.task_names,
+            "sampling": "temperature T=2",
+            "batch_mode": "homogeneous",
+            "group_by_length": True,
+            "seed": 0,
+            "optimizer": f"AdamW lr={LR} weight_decay={WEIGHT_DECAY}, constant",
+            "dropout": DROPOUT,
+            "pooling": "mean",
+            "tiny_encoder": TINY,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "torch_threads": torch.get_num_threads(),
+        },
+        "same_batches": True,  # measure() raises otherwise
+        "headline": {
+            "encoder": head,
+            "target_ratio": TARGET,
+            "step_time_ratio": ratio["step_fastest"],
+            "loop_time_ratio": ratio["loop_fastest"],
+            "within_target": ratio["loop_fastest"] <= TARGET,
+        },
+        "runs": results,
+        "padding": padding,
+        "seconds": time.perf_counter() - start,
+    }
+    write_result("throughput", payload, markdown(payload))
+    return payload
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--smoke", action="store_true", help="seconds: tiny encoder, few steps")
+    group.add_argument("--full", action="store_true", help="bigger batches, more steps (GPU)")
+    args = parser.parse_args()
+    print(markdown(run("smoke" if args.smoke else "full" if args.full else "default")))
+
+
+if __name__ == "__main__":
+    main()
