@@ -1,6 +1,6 @@
 """The Chinese suite: single-task vs multi-task learning with a small BERT trained from scratch.
 
-    python -m benchmarks.chinese            # CPU suite (about 8 minutes on an idle 2-core CPU)
+    python -m benchmarks.chinese            # CPU suite: 3 seeds, about 5 minutes on 2 cores
     python -m benchmarks.chinese --smoke    # seconds: a 1-layer encoder, a few steps, one seed
     python -m benchmarks.chinese --full     # 4 layers x 256, longer runs (for a GPU)
 
