@@ -275,9 +275,10 @@ class MultiTaskModule(L.LightningModule):
         self.last_step = None  # do not keep the step's graph alive past its backward
 
     def _finite(self, losses: dict[str, Tensor]) -> bool:
-        bad = [n for n, loss in losses.items() if not torch.isfinite(loss)]
-        if not bad:
+        # One device-to-host sync per step (not one per task) on the common, finite path.
+        if bool(torch.isfinite(torch.stack([v.detach().float() for v in losses.values()])).all()):
             return True
+        bad = [n for n, loss in losses.items() if not torch.isfinite(loss)]
         message = (
             f"non-finite loss for task(s) {bad} at step {self.global_step}; "
             "lower the learning rate or check the targets"
