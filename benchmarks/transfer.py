@@ -39,7 +39,10 @@ MODES: dict[str, dict[str, Any]] = {
     "full": {"sizes": [100, 500, None], "steps": [100, 300, 1000], "seeds": 5},
     "smoke": {"sizes": [16], "steps": [3], "seeds": 2},
 }
-LR = {"full": 1e-4, "frozen": 1e-4, "gradual": 1e-4, "lora": 5e-4}
+# Encoder (or adapter) and head learning rates per regime: one sensible value each, not tuned.
+# A frozen encoder or LoRA trains few parameters and needs a larger step to learn in 50 steps.
+LR = {"full": 1e-4, "frozen": 1e-4, "gradual": 1e-4, "lora": 2e-3}
+HEAD_LR = {"full": 1e-3, "frozen": 1e-2, "gradual": 1e-3, "lora": 1e-2}
 
 
 def _task(smoke: bool):
@@ -103,7 +106,7 @@ def run_one(
     model = MultiTaskModule(
         _encoder(regime, smoke),
         dm.tasks,
-        head_lr=1e-3,
+        head_lr=HEAD_LR[regime],
         init_from=str(source) if init == "multitask" else None,
         optimizer=lambda p, lr=LR[regime]: torch.optim.AdamW(p, lr=lr, weight_decay=0.01),
     )
@@ -270,6 +273,7 @@ def run(mode: str = "default", source: Path = SOURCE, regimes: list[str] | None 
         "mode": mode,
         "settings": settings,
         "learning_rates": LR,
+        "head_learning_rates": HEAD_LR,
         "source": str(source) if not smoke else "tiny",
         "runs": runs,
         "summary": summary,
