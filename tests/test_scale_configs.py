@@ -119,6 +119,22 @@ def test_deepspeed_zero2_values(tmp_path, capsys, monkeypatch):
     assert spec["init_args"]["stage"] == 2
 
 
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs the deepspeed package (make setup installs it)")
+def test_deepspeed_zero2_builds_its_trainer_on_cpu(tmp_path, monkeypatch):
+    """The shipped ZeRO-2 config, with only the device overridden, builds Lightning's trainer
+    and DeepSpeed strategy here (training itself needs GPUs)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", BASE, "--config", str(ROOT / "configs/scale/deepspeed_zero2.yaml")]
+    cli = cli_main([*args, "--trainer.accelerator=cpu", "--trainer.devices=1"], run=False)
+    strategy = cli.trainer.strategy
+    assert isinstance(strategy, DeepSpeedStrategy)
+    zero = strategy.config["zero_optimization"]
+    assert zero["stage"] == 2 and zero["overlap_comm"] and zero["contiguous_gradients"]
+    assert cli.trainer.precision == "bf16-mixed"
+
+
 @pytest.mark.skipif(
     not (HAS_CUDA and HAS_DEEPSPEED), reason="DeepSpeed needs CUDA and the deepspeed package"
 )
