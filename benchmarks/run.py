@@ -20,6 +20,8 @@ higher-is-better), as mean ± std over seeds. Writes ``results/mtl_suite.{json,m
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import statistics
 import tempfile
 import time
@@ -232,21 +234,47 @@ def plot(summary: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def mtl_suite(mode: str, only_rows: list[str] | None, seeds: int | None, steps: int | None) -> Path:
+def _row_file(name: str, settings: dict[str, Any]) -> Path:
+    """Where one row's finished runs are kept, so an interrupted suite resumes and several
+    processes can share the rows (keyed by the settings, so other settings start afresh)."""
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return ROOT / ".mtlkit_cache" / "bench_rows" / key / f"{name.replace('/', '__')}.json"
+
+
+def mtl_suite(
+    mode: str,
+    only_rows: list[str] | None,
+    seeds: int | None,
+    steps: int | None,
+    write: bool = True,
+) -> Path | None:
+    """Trains every selected row (skipping rows already finished with the same settings) and,
+    with ``write``, summarises all rows into ``results/mtl_suite.*``."""
     settings = dict(MODES[mode])
     settings.update({k: v for k, v in {"seeds": seeds, "steps": steps}.items() if v is not None})
     table = rows()
     selected = {n: r for n, r in table.items() if not only_rows or n in only_rows}
-    results: dict[str, list[dict[str, Any]]] = {}
     start = time.perf_counter()
     for name, row in selected.items():
-        results[name] = []
+        path = _row_file(name, settings)
+        if path.exists():
+            continue
+        runs = []
         for seed in range(settings["seeds"]):
             out = run_one(
                 row, seed, settings["steps"], settings["max_eval"], settings["max_length"]
             )
-            results[name].append(out)
+            runs.append(out)
             print(f"[bench] {name} seed {seed}: {out['seconds']} s", flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(runs))
+    if not write:
+        return None
+    results = {
+        n: json.loads(_row_file(n, settings).read_text())
+        for n in table
+        if _row_file(n, settings).exists()
+    }
     summary = summarise(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(summary, RESULTS / "mtl_suite.png")
@@ -254,10 +282,13 @@ def mtl_suite(mode: str, only_rows: list[str] | None, seeds: int | None, steps: 
         "mode": mode,
         "settings": settings,
         "base_config": str(BASE.relative_to(ROOT)),
-        "rows": {n: {k: str(v) for k, v in r.items()} for n, r in selected.items()},
+        "rows": {n: {k: str(v) for k, v in table[n].items()} for n in results},
         "runs": results,
         "summary": summary,
-        "wall_seconds": round(time.perf_counter() - start, 1),
+        "train_seconds_total": round(
+            sum(r["seconds"] for runs in results.values() for r in runs), 1
+        ),
+        "wall_seconds_this_call": round(time.perf_counter() - start, 1),
     }
     return write_result("mtl_suite", payload, markdown(summary, settings))
 
@@ -271,6 +302,9 @@ def main() -> None:
     parser.add_argument("--rows", help="comma-separated rows of the English suite")
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--steps", type=int, help="steps per task")
+    parser.add_argument(
+        "--no-summary", action="store_true", help="only train the rows (another call summarises)"
+    )
     args = parser.parse_args()
     mode = "full" if args.full else "default"
     parts = args.only or ["throughput", "chinese", "mtl"]
@@ -284,7 +318,8 @@ def main() -> None:
 
         chinese.run(mode)
     if "mtl" in parts:
-        print(mtl_suite(mode, args.rows.split(",") if args.rows else None, args.seeds, args.steps))
+        selected = args.rows.split(",") if args.rows else None
+        print(mtl_suite(mode, selected, args.seeds, args.steps, write=not args.no_summary))
     from benchmarks import update_readme
 
     update_readme.main()
