@@ -38,7 +38,7 @@ WEIGHTING = ROOT / "configs" / "weighting"
 PRIMARY = {"trec": "accuracy", "bbc_topic": "accuracy", "sentiment": "pearson"}
 MODES = {
     # CPU budget: BBC articles cut to 64 tokens (topic is clear from the start of an article)
-    "default": {"steps": 30, "seeds": 3, "max_eval": 200, "max_length": {"bbc_topic": 64}},
+    "default": {"steps": 20, "seeds": 3, "max_eval": 100, "max_length": {"bbc_topic": 64}},
     "full": {"steps": 400, "seeds": 5, "max_eval": None, "max_length": {}},
 }
 SAMPLING = {
