@@ -253,7 +253,10 @@ def mtl_suite(
     settings = dict(MODES[mode])
     settings.update({k: v for k, v in {"seeds": seeds, "steps": steps}.items() if v is not None})
     table = rows()
-    selected = {n: r for n, r in table.items() if not only_rows or n in only_rows}
+    unknown = sorted(set(only_rows or []) - set(table))
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; rows are {list(table)}")
+    selected = {n: table[n] for n in only_rows} if only_rows else table  # in the order given
     start = time.perf_counter()
     for name, row in selected.items():
         path = _row_file(name, settings)
