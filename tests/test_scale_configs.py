@@ -119,7 +119,7 @@ def test_deepspeed_zero2_values(tmp_path, capsys, monkeypatch):
     assert spec["init_args"]["stage"] == 2
 
 
-@pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs the deepspeed package (make setup installs it)")
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs deepspeed (make setup installs it)")
 def test_deepspeed_zero2_builds_its_trainer_on_cpu(tmp_path, monkeypatch):
     """The shipped ZeRO-2 config, with only the device overridden, builds Lightning's trainer
     and DeepSpeed strategy here (training itself needs GPUs)."""

@@ -183,9 +183,13 @@ class NashMTL(GradientAggregator):
         if self._nash is None:
             self._build(grads.shape[0])
         assert self._nash is not None
-        if grads.shape[0] not in (1, self._nash.n_tasks):
-            raise ValueError(
-                f"NashMTL needs all {self._nash.n_tasks} tasks in every step, got {grads.shape[0]}"
+        nash = self._nash
+        if grads.shape[0] not in (1, nash.n_tasks):
+            # Mixed batches draw each step's task counts at random, so a small task can be
+            # absent: bargain over the tasks present, with a one-off solver (the warm-started
+            # one keeps its task count and state for the full steps).
+            nash = _TorchJDNashMTL(
+                n_tasks=grads.shape[0], max_norm=self.max_norm, optim_niter=self.optim_niter
             )
         if not bool((grads.norm(dim=1) > 0).all()):
             # Nash bargaining is undefined when a task has no gradient (cvxpy gets NaN
@@ -195,7 +199,7 @@ class NashMTL(GradientAggregator):
         if grads.shape[0] == 1:  # the bargaining solution alpha ||g||^2 = 1/alpha, in closed form
             weights = 1.0 / grads.norm(dim=1)
             return weights @ grads, weights
-        weights = self._nash.weighting(grads).to(device=grads.device, dtype=torch.float32)
+        weights = nash.weighting(grads).to(device=grads.device, dtype=torch.float32)
         return weights @ grads, weights
 
     def get_extra_state(self) -> Any:
