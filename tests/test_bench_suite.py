@@ -73,3 +73,18 @@ def test_transfer_smoke(tmp_path, monkeypatch):
     assert set(payload["summary"]) == {f"{i}/{r}" for i in transfer.INITS for r in transfer.REGIMES}
     text = (tmp_path / "results" / "transfer_smoke.md").read_text()
     assert "| multitask/lora |" in text and "- gradual:" in text
+
+
+def test_cpu_suite_runs_gradient_methods_on_the_representation(tmp_path):
+    rows = run.rows()
+    assert rows["weighting/pcgrad"]["gradient_on"] == "representation"
+    assert "gradient_on" not in rows["weighting/famo"]
+    args = run._override_files(
+        rows["weighting/pcgrad"], tmp_path, run.MODES["default"]["max_length"]
+    )
+    override = yaml.safe_load(Path(args[-1]).read_text())
+    assert override == {
+        "model": {"init_args": {"weighting": {"init_args": {"works_on": "representation"}}}}
+    }
+    full = run._override_files(rows["weighting/pcgrad"], tmp_path, run.MODES["full"]["max_length"])
+    assert not any(a.endswith("gradient_on.yaml") for a in full)
