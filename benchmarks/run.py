@@ -18,7 +18,8 @@ higher-is-better), as mean ± std over seeds. Writes ``results/mtl_suite.{json,m
 
 Measured on the 2-core CPU (one torch thread per process): the English suite's 66 runs took
 5,168 s of training and evaluation in all (86 min of one core; two processes share the rows via
-the row files: ~45 min wall), the Chinese suite 296 s, throughput ~4 min.
+the row files, as `make bench` does with --workers 2: ~45 min wall), the Chinese suite 296 s,
+throughput ~4 min.
 """
 
 from __future__ import annotations
@@ -312,6 +313,30 @@ def mtl_suite(
     return write_result("mtl_suite", payload, markdown(summary, settings))
 
 
+def _train_rows_in_workers(workers: int, mode: str, seeds: int | None, steps: int | None):
+    """Trains the English rows in ``workers`` processes of one thread each (on a small CPU
+    that beats one process with several threads); each takes every ``workers``-th row."""
+    import os
+    import subprocess
+    import sys
+
+    names = list(rows())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    extra = [f"--{k}={v}" for k, v in (("seeds", seeds), ("steps", steps)) if v is not None]
+    extra += ["--full"] if mode == "full" else []
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.run", "--only", "mtl", "--no-summary", "--workers=1"]
+            + [f"--rows={','.join(names[i::workers])}", *extra],
+            env=env,
+            cwd=ROOT,
+        )
+        for i in range(workers)
+    ]
+    if any(p.wait() != 0 for p in procs):
+        raise SystemExit("a benchmark worker failed")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -321,6 +346,9 @@ def main() -> None:
     parser.add_argument("--rows", help="comma-separated rows of the English suite")
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--steps", type=int, help="steps per task")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="processes sharing the rows (1 torch thread each)"
+    )
     parser.add_argument(
         "--no-summary", action="store_true", help="only train the rows (another call summarises)"
     )
@@ -338,6 +366,8 @@ def main() -> None:
         chinese.run(mode)
     if "mtl" in parts:
         selected = args.rows.split(",") if args.rows else None
+        if args.workers > 1 and selected is None:
+            _train_rows_in_workers(args.workers, mode, args.seeds, args.steps)
         print(mtl_suite(mode, selected, args.seeds, args.steps, write=not args.no_summary))
     from benchmarks import update_readme
 
