@@ -43,6 +43,27 @@ METHODS = {
 }
 
 
+def _no_dropout(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+def _trainer(world: int, **kwargs) -> L.Trainer:
+    """A quiet CPU trainer on ``world`` gloo processes (mtlkit shards the data itself)."""
+    return L.Trainer(
+        accelerator="cpu",
+        devices=world,
+        strategy="ddp" if world > 1 else "auto",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        **kwargs,
+    )
+
+
 def run(name: str, world: int) -> torch.Tensor:
     make, mode = METHODS[name]
     L.seed_everything(0)
@@ -55,22 +76,9 @@ def run(name: str, world: int) -> torch.Tensor:
         dropout=0.0,
         optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
     )
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
+    _no_dropout(model)
     before = copy.deepcopy(model.encoder.state_dict())
-    trainer = L.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        devices=world,
-        strategy="ddp" if world > 1 else "auto",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-    )
+    trainer = _trainer(world, max_steps=3, limit_val_batches=0)
     trainer.fit(model, dm)
     after = model.encoder.state_dict()
     return torch.cat([(after[k] - before[k]).ravel() for k in before])
@@ -121,22 +129,13 @@ def trajectory(mode: str, sampling: str, world: int) -> dict:
         eval_batch_size=5,
     )
     model = tiny_model(dm.tasks, dropout=0.0, lr_scheduler=None)
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
+    _no_dropout(model)
     recorder = Recorder()
-    trainer = L.Trainer(
+    trainer = _trainer(
+        world,
         max_steps=TRAJECTORY_STEPS,
-        accelerator="cpu",
-        devices=world,
-        strategy="ddp" if world > 1 else "auto",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=2,
-        use_distributed_sampler=False,
         callbacks=[recorder],
     )
     trainer.fit(model, dm)
