@@ -13,3 +13,7 @@ class ConfigError(MtlkitError, ValueError):
 
 class DataError(MtlkitError, ValueError):
     """The data does not match what a task declares (columns, labels, sizes)."""
+
+
+class DataWarning(UserWarning):
+    """The data is usable but probably not what was meant (leakage, repeated rows, ...)."""

@@ -9,7 +9,9 @@ hub is reachable) and an importable Python callable (the packaged datasets in
 
 from __future__ import annotations
 
+import codecs
 import importlib
+import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,18 @@ class DataSource(ABC):
         """A short human-readable description used in error messages."""
         return type(self).__name__
 
+    def origin(self, split: str) -> str:
+        """Where a split's rows come from, for messages (e.g. ``" of data/train.csv"``)."""
+        del split
+        return ""
+
     def load(self) -> DatasetDict:
         """Loads the data and makes sure a ``train`` and a ``validation`` split exist."""
+        return self.add_validation(self.load_splits())
+
+    def load_splits(self) -> DatasetDict:
+        """The splits as read, before any validation split is carved (row numbers are the
+        data's own); checks that a ``train`` split exists."""
         data = self._load()
         if isinstance(data, Dataset):
             data = DatasetDict(train=data)
@@ -54,6 +66,10 @@ class DataSource(ABC):
             raise DataError(f"{self.describe()} returned {type(data).__name__}, not a DatasetDict")
         if "train" not in data:
             raise DataError(f"{self.describe()} has no 'train' split (splits: {list(data)})")
+        return data
+
+    def add_validation(self, data: DatasetDict) -> DatasetDict:
+        """Carves ``validation`` from ``train`` (seeded) when the data has none."""
         if "validation" not in data:
             if len(data["train"]) < 2:
                 raise DataError(f"{self.describe()}: train split too small to carve a validation")
@@ -77,6 +93,8 @@ class LocalFiles(DataSource):
     Args:
         data_files: Split name to a path (or list of paths), e.g. ``{"train": "a.csv"}``.
         format: ``csv``, ``json`` or ``parquet``; inferred from the file suffix when omitted.
+        encoding: Text encoding of csv/tsv/json files (default UTF-8), e.g. ``latin-1`` or
+            ``cp1252`` for files saved by older spreadsheet programs.
         load_kwargs: Extra keyword arguments for ``datasets.load_dataset`` (``delimiter`` ...).
     """
 
@@ -84,6 +102,7 @@ class LocalFiles(DataSource):
         self,
         data_files: dict[str, str | list[str]],
         format: str | None = None,
+        encoding: str | None = None,
         load_kwargs: dict[str, Any] | None = None,
         validation_fraction: float = 0.1,
         split_seed: int = 0,
@@ -94,6 +113,15 @@ class LocalFiles(DataSource):
         self.data_files = {k: [v] if isinstance(v, str) else list(v) for k, v in data_files.items()}
         self.format = format or self._infer_format()
         self.load_kwargs = dict(load_kwargs or {})
+        if encoding is not None:
+            try:
+                codecs.lookup(encoding)
+            except LookupError as err:
+                raise ConfigError(f"LocalFiles: unknown encoding {encoding!r}") from err
+            if self.format == "parquet":
+                raise ConfigError("LocalFiles: encoding applies to csv/tsv/json files, not parquet")
+            self.load_kwargs["encoding"] = encoding
+        self.encoding = self.load_kwargs.get("encoding") or "utf-8"
         if self.format == "csv" and all(p.endswith(".tsv") for p in self._paths()):
             self.load_kwargs.setdefault("delimiter", "\t")
 
@@ -111,11 +139,30 @@ class LocalFiles(DataSource):
     def describe(self) -> str:
         return f"LocalFiles({self.data_files})"
 
+    def origin(self, split: str) -> str:
+        paths = self.data_files.get(split)
+        return f" of {', '.join(paths)}" if paths else ""
+
     def _load(self) -> DatasetDict:
         missing = [p for p in self._paths() if not Path(p).is_file()]
         if missing:
             raise DataError(f"data file(s) not found: {missing}")
-        return load_dataset(self.format, data_files=self.data_files, **self.load_kwargs)
+        try:
+            return load_dataset(self.format, data_files=self.data_files, **self.load_kwargs)
+        except Exception as err:  # the parser's own error, wrapped by datasets: find the file
+            raise self._read_error(err) from err
+
+    def _read_error(self, err: Exception) -> DataError:
+        """One message naming the unreadable file and where in it the problem is."""
+        if self.format in ("csv", "json"):
+            for path in self._paths():
+                problem = file_problem(Path(path), self.format, self.encoding)
+                if problem:
+                    return DataError(f"data file {path}: {problem}")
+        cause: BaseException = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        return DataError(f"cannot read {self.describe()}: {type(cause).__name__}: {cause}")
 
 
 class HubDataset(DataSource):
@@ -196,3 +243,39 @@ class InMemory(DataSource):
 
     def _load(self) -> DatasetDict:
         return DatasetDict({k: Dataset.from_dict(v) for k, v in self.splits.items()})
+
+
+def file_problem(path: Path, fmt: str, encoding: str) -> str | None:
+    """Why a csv/json file cannot be read (bad bytes for its encoding, a broken JSON line);
+    ``None`` when neither applies."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        return (
+            f"is not {encoding} text (byte 0x{raw[err.start]:02x} on line {line}); set the "
+            "file's encoding in the source, e.g. LocalFiles(..., encoding: latin-1) or cp1252"
+        )
+    return json_problem(text) if fmt == "json" else None
+
+
+def json_problem(text: str) -> str | None:
+    """The first line of a JSON (or JSON Lines) text that does not parse; ``None`` if it does."""
+    try:
+        json.loads(text)
+        return None
+    except json.JSONDecodeError as whole:
+        lines = text.splitlines()
+        first = next((line for line in lines if line.strip()), "")
+        try:
+            json.loads(first)
+        except json.JSONDecodeError:  # one (pretty-printed) document: its own position
+            return f"line {whole.lineno} is not valid JSON: {whole.msg} (column {whole.colno})"
+    for number, line in enumerate(lines, 1):  # JSON Lines: one document per line
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as err:
+                return f"line {number} is not valid JSON: {err.msg} (column {err.colno})"
+    return None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from datasets import ClassLabel, DatasetDict, LargeList, Sequence
+from datasets import ClassLabel, DatasetDict, Features, LargeList, List, Sequence, Value
 
-from mtlkit.errors import DataError
+from mtlkit.errors import DataError, DataWarning
 
 
 def class_label_feature(data: DatasetDict, column: str) -> ClassLabel | None:
@@ -18,10 +20,47 @@ def class_label_feature(data: DatasetDict, column: str) -> ClassLabel | None:
     return feature if isinstance(feature, ClassLabel) else None
 
 
+def strip_labels(data: DatasetDict, column: str, task: str, lists: bool = False) -> DatasetDict:
+    """Strips surrounding spaces from string labels (``" pos"`` is ``"pos"``), saying so once."""
+    for split, ds in data.items():
+        values = ds[column]
+        flat = (v for row in values for v in row) if lists else iter(values)
+        padded = next((v for v in flat if isinstance(v, str) and v != v.strip()), None)
+        if padded is not None:
+            warnings.warn(
+                f"task {task!r}: split {split!r} column {column!r} has labels with surrounding "
+                f"spaces (e.g. {padded!r}); they are stripped, so {padded!r} and "
+                f"{padded.strip()!r} are one class",
+                DataWarning,
+                stacklevel=3,
+            )
+            break
+    else:
+        return data
+    if lists:
+        return map_column(data, column, lambda row: [str(v).strip() for v in row])
+    return map_column(data, column, lambda v: str(v).strip())
+
+
+def map_column(
+    data: DatasetDict, column: str, fn: Callable[[Any], Any], feature: Any = None
+) -> DatasetDict:
+    """Applies ``fn`` to every cell of ``column``; the result has type ``feature`` (given, since
+    ``datasets.map`` keeps a column's old type, e.g. csv's ``large_string``, when it can)."""
+    out = {}
+    for split, ds in data.items():
+        features = Features({**ds.features, column: feature or ds.features[column]})
+        out[split] = ds.map(
+            lambda b: {column: [fn(v) for v in b[column]]}, batched=True, features=features
+        )
+    return DatasetDict(out)
+
+
 def encode_string_labels(
     data: DatasetDict, column: str, task: str
 ) -> tuple[DatasetDict, list[str]]:
     """Maps string labels to ids using the sorted label set of the train split."""
+    data = strip_labels(data, column, task)
     names = sorted({str(v) for v in data["train"][column]})
     index = {n: i for i, n in enumerate(names)}
     for split, ds in data.items():
@@ -31,7 +70,7 @@ def encode_string_labels(
                 f"task {task!r}: split {split!r} has labels not seen in train: "
                 f"{sorted(unknown)[:5]}"
             )
-    data = data.map(lambda b: {column: [index[str(v)] for v in b[column]]}, batched=True)
+    data = map_column(data, column, lambda v: index[str(v)], Value("int64"))
     return data, names
 
 
@@ -108,6 +147,7 @@ def encode_string_label_lists(
         The mapped splits and the label names (index = id).
     """
     where = "label_names" if names is not None else "train"
+    data = strip_labels(data, column, task, lists=True)
     if names is None:
         names = sorted({str(v) for row in data["train"][column] for v in row})
     index = {n: i for i, n in enumerate(names)}
@@ -118,8 +158,8 @@ def encode_string_label_lists(
                 f"task {task!r}: split {split!r} has labels not seen in {where}: "
                 f"{sorted(unknown)[:5]}"
             )
-    mapped = data.map(
-        lambda b: {column: [[index[str(v)] for v in row] for row in b[column]]}, batched=True
+    mapped = map_column(
+        data, column, lambda row: [index[str(v)] for v in row], List(Value("int64"))
     )
     return mapped, list(names)
 

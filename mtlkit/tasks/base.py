@@ -11,13 +11,14 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from transformers import PreTrainedTokenizerBase
 
 from mtlkit.data.sources import DataSource
-from mtlkit.errors import DataError
+from mtlkit.errors import ConfigError, DataError
+from mtlkit.tasks._checks import check_text_column, warn_overlap
 
 IGNORE_INDEX = -100
 
@@ -30,7 +31,7 @@ class Task(ABC):
         source: Where the examples come from.
         text_column: Column holding the (first) text.
         label_column: Column holding the target.
-        max_length: Truncation length in tokens.
+        max_length: Truncation length in tokens (>= 1; at most the encoder's positions).
         loss_weight: Static multiplier applied to this task's loss before loss weighting.
     """
 
@@ -38,6 +39,8 @@ class Task(ABC):
     level: ClassVar[Literal["sequence", "token"]] = "sequence"
     #: Metric used for the mean over tasks and for model selection (higher is better).
     primary_metric: str
+    #: Column of the second text of sentence-pair tasks (set by the task types that have one).
+    text_pair_column: str | None = None
 
     def __init__(
         self,
@@ -50,6 +53,12 @@ class Task(ABC):
     ) -> None:
         if not name or "/" in name:
             raise DataError(f"task name must be non-empty and contain no '/': {name!r}")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ConfigError(
+                f"task {name!r}: max_length must be a positive number of tokens, got "
+                f"{max_length!r} (there is no 'no truncation' value: use the encoder's limit, "
+                "e.g. 512)"
+            )
         self.name = name
         self.source = source
         self.text_column = text_column
@@ -65,10 +74,18 @@ class Task(ABC):
         """Columns every split must have."""
         return [self.text_column, self.label_column]
 
+    def text_columns(self) -> list[str]:
+        """Columns that are tokenized (compared across splits to detect leakage)."""
+        return [self.text_column, *([self.text_pair_column] if self.text_pair_column else [])]
+
     def load(self) -> DatasetDict:
-        """Loads, validates and prepares the raw splits (labels resolved, columns checked)."""
-        data = self.source.load()
-        for split, ds in data.items():
+        """Loads, validates and prepares the raw splits (labels resolved, columns checked).
+
+        Rows are checked as the source read them, before a validation split is carved, so row
+        numbers in messages are those of the data.
+        """
+        raw = self.source.load_splits()
+        for split, ds in raw.items():
             missing = [c for c in self.required_columns() if c not in ds.column_names]
             if missing:
                 raise DataError(
@@ -77,7 +94,15 @@ class Task(ABC):
                 )
             if len(ds) == 0 and split in ("train", "validation"):
                 raise DataError(f"task {self.name!r}: split {split!r} is empty")
+            self.check_rows(split, ds)
+        data = self.source.add_validation(raw)
+        warn_overlap(self, data, self.text_columns())
         return self.prepare(data)
+
+    def check_rows(self, split: str, ds: Dataset) -> None:
+        """Checks every row's cells of one raw split (empty texts, missing labels, ...)."""
+        for column in self.text_columns():
+            check_text_column(self, split, ds, column)
 
     @abstractmethod
     def prepare(self, data: DatasetDict) -> DatasetDict:
@@ -186,6 +211,7 @@ def text_inputs(
     task: Task, batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, pair: str | None
 ) -> dict[str, list[Any]]:
     """Tokenizes a text column (and an optional pair column) without padding."""
+    # Cells are checked in Task.check_rows; str() reads a number as its digits.
     first = [str(t) for t in batch[task.text_column]]
     second = [str(t) for t in batch[pair]] if pair else None
     return dict(tokenizer(first, second, truncation=True, max_length=task.max_length))

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelF1Score
@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mtlkit.data.sources import DataSource
 from mtlkit.errors import ConfigError, DataError
+from mtlkit.tasks._checks import check_label_lists
 from mtlkit.tasks._labels import (
     check_label_range,
     label_head_state,
@@ -109,9 +110,15 @@ class MultiLabelClassification(Task):
         )
 
     # ----------------------------------------------------------------- data
+    def check_rows(self, split: str, ds: Dataset) -> None:
+        super().check_rows(split, ds)
+        if self.label_columns is None:
+            check_label_lists(self, split, ds, self.label_column)
+
     def prepare(self, data: DatasetDict) -> DatasetDict:
         if self.label_columns is not None:
             self._check_binary_columns(data)
+            self._require_two_labels()
             return data
         element = list_element_feature(data, self.label_column)
         if element is None:
@@ -124,8 +131,17 @@ class MultiLabelClassification(Task):
         self.num_labels, self.label_names = resolve_num_labels(
             data, self.label_column, self.name, self.num_labels, names
         )
+        self._require_two_labels()
         check_label_range(data, self.label_column, self.name, self.num_labels)
         return data
+
+    def _require_two_labels(self) -> None:
+        if (self.num_labels or 0) < 2:
+            raise DataError(
+                f"task {self.name!r}: multi-label classification needs at least 2 labels, found "
+                f"{self.num_labels} {self.label_names or []}; for one yes/no label use "
+                "mtlkit.tasks.SequenceClassification with num_labels: 2"
+            )
 
     def _check_binary_columns(self, data: DatasetDict) -> None:
         for split, ds in data.items():

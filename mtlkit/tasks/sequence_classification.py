@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn.functional as F
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mtlkit.data.sources import DataSource
 from mtlkit.errors import DataError
+from mtlkit.tasks._checks import check_label_cells, integer_class_ids, require_two_classes
 from mtlkit.tasks._labels import (
     check_label_range,
     encode_string_labels,
@@ -67,13 +68,21 @@ class SequenceClassification(Task):
     def fingerprint(self) -> str:
         return super().fingerprint() + repr(self.text_pair_column)
 
+    def check_rows(self, split: str, ds: Dataset) -> None:
+        super().check_rows(split, ds)
+        check_label_cells(self, split, ds, self.label_column)
+
     def prepare(self, data: DatasetDict) -> DatasetDict:
         names = None
-        if data["train"].features[self.label_column].dtype == "string":
+        # csv/tsv strings are ``large_string``, json/parquet ones ``string``
+        if data["train"].features[self.label_column].dtype in ("string", "large_string"):
             data, names = encode_string_labels(data, self.label_column, self.name)
+        else:
+            data = integer_class_ids(data, self.label_column)
         self.num_labels, self.label_names = resolve_num_labels(
             data, self.label_column, self.name, self.num_labels, names
         )
+        require_two_classes(self, self.label_column, self.label_names, self.num_labels)
         check_label_range(data, self.label_column, self.name, self.num_labels)
         return data
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch.nn.functional as F
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import PreTrainedTokenizerBase
 
 from mtlkit.data.sources import DataSource
-from mtlkit.errors import ConfigError, DataError
+from mtlkit.errors import ConfigError, DataError, DataWarning
 from mtlkit.metrics.entity import EntityF1, is_bio_scheme, parse_tag
+from mtlkit.tasks._checks import check_label_lists, check_word_lists, require_two_classes
 from mtlkit.tasks._labels import (
     check_label_range,
     label_head_state,
@@ -92,38 +94,65 @@ class TokenClassification(Task):
     def fingerprint(self) -> str:
         return super().fingerprint() + repr((self.label_all_subtokens, self._given_label_names))
 
+    def text_columns(self) -> list[str]:
+        return [self.tokens_column]
+
     # ----------------------------------------------------------------- data
+    def check_rows(self, split: str, ds: Dataset) -> None:
+        self._check_list_columns(ds)
+        check_word_lists(self, split, ds, self.tokens_column)
+        check_label_lists(self, split, ds, self.label_column)
+        self._check_lengths(split, ds)
+
     def prepare(self, data: DatasetDict) -> DatasetDict:
-        self._check_list_columns(data)
-        self._check_lengths(data)
         element = list_element_feature(data, self.label_column)
         data, names = label_list_names(data, self, element, self._given_label_names)
         self.num_labels, names = resolve_num_labels(
             data, self.label_column, self.name, self.num_labels, names
         )
         self.label_names = names
+        require_two_classes(self, self.label_column, names, self.num_labels)
         check_label_range(data, self.label_column, self.name, self.num_labels)
         self._configure_scheme()
+        self._warn_without_entities()
         return data
 
-    def _check_list_columns(self, data: DatasetDict) -> None:
+    def _check_list_columns(self, ds: Dataset) -> None:
         for column in (self.tokens_column, self.label_column):
-            element = list_element_feature(data, column)
+            element = list_element_feature(DatasetDict(train=ds), column)
             if element is None:
                 raise DataError(
                     f"task {self.name!r}: column {column!r} must hold one list per example "
-                    f"(words or tags), found {data['train'].features[column]}"
+                    f"(words or tags), found {ds.features[column]}"
                 )
 
-    def _check_lengths(self, data: DatasetDict) -> None:
-        for split, ds in data.items():
-            rows = zip(ds[self.tokens_column], ds[self.label_column], strict=True)
-            for i, (words, tags) in enumerate(rows):
-                if len(words) != len(tags):
-                    raise DataError(
-                        f"task {self.name!r}: split {split!r} row {i} has {len(words)} tokens "
-                        f"in {self.tokens_column!r} but {len(tags)} tags in {self.label_column!r}"
-                    )
+    def _check_lengths(self, split: str, ds: Dataset) -> None:
+        rows = zip(ds[self.tokens_column], ds[self.label_column], strict=True)
+        for i, (words, tags) in enumerate(rows):
+            if len(words) != len(tags):
+                raise DataError(
+                    f"task {self.name!r}: split {split!r} row {i} has {len(words)} tokens "
+                    f"in {self.tokens_column!r} but {len(tags)} tags in {self.label_column!r}"
+                )
+
+    def _warn_without_entities(self) -> None:
+        """Says why entity F1 is off when the tag names are not (all) BIO."""
+        names = self.label_names
+        if is_bio_scheme(names):
+            return
+        metrics = "entity f1 is off; the task reports token_accuracy (primary) and macro_f1"
+        if not names:
+            detail = "its tags have no names (integer tags without label_names)"
+        else:
+            odd = [n for n in names if n != "O" and parse_tag(n)[1] is None]
+            if len(odd) < len(names) - ("O" in names):  # the other tags are BIO: typos?
+                detail = (
+                    f"tag(s) {odd[:5]} do not follow the BIO scheme (O, B-X, I-X, E-X, S-X) "
+                    "of its other tags"
+                )
+            else:
+                detail = f"its tags are not BIO (e.g. {odd[:3]})"
+        warnings.warn(f"task {self.name!r}: {detail}: {metrics}", DataWarning, stacklevel=3)
 
     def _configure_scheme(self) -> None:
         """Picks the metrics and the sub-token tag mapping from the tag names."""

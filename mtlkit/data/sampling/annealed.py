@@ -6,7 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mtlkit.data.sampling.base import SamplingStrategy, temperature_probabilities
+from mtlkit.data.sampling.base import (
+    SamplingStrategy,
+    check_size_cap,
+    temperature_probabilities,
+)
 from mtlkit.errors import ConfigError
 
 
@@ -30,8 +34,12 @@ class Annealed(SamplingStrategy):
         end_temperature: float = 5.0,
         size_cap: int | None = None,
     ) -> None:
-        if start_temperature <= 0 or end_temperature <= 0:
-            raise ConfigError("annealed sampling temperatures must be > 0")
+        if not (start_temperature > 0 and end_temperature > 0):  # NaN compares False
+            raise ConfigError(
+                "annealed sampling temperatures must be > 0, got "
+                f"{start_temperature} and {end_temperature}"
+            )
+        check_size_cap(size_cap)
         self.start_temperature = start_temperature
         self.end_temperature = end_temperature
         self.size_cap = size_cap

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mtlkit.errors import ConfigError
+
 
 class SamplingStrategy(ABC):
     """Gives the probability of drawing each task at a point of training."""
@@ -31,3 +33,9 @@ def temperature_probabilities(
     alpha = 0.0 if np.isinf(temperature) else 1.0 / temperature
     weights = n**alpha
     return weights / weights.sum()
+
+
+def check_size_cap(size_cap: int | None) -> None:
+    """A size cap is unset or a positive number of examples."""
+    if size_cap is not None and (isinstance(size_cap, bool) or not size_cap >= 1):
+        raise ConfigError(f"size_cap must be >= 1 (or unset), got {size_cap!r}")

@@ -6,7 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mtlkit.data.sampling.base import SamplingStrategy, temperature_probabilities
+from mtlkit.data.sampling.base import (
+    SamplingStrategy,
+    check_size_cap,
+    temperature_probabilities,
+)
 
 
 class Proportional(SamplingStrategy):
@@ -17,6 +21,7 @@ class Proportional(SamplingStrategy):
     """
 
     def __init__(self, size_cap: int | None = None) -> None:
+        check_size_cap(size_cap)
         self.size_cap = size_cap
 
     def probabilities(self, sizes: Sequence[int], progress: float) -> np.ndarray:

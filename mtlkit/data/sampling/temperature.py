@@ -6,7 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mtlkit.data.sampling.base import SamplingStrategy, temperature_probabilities
+from mtlkit.data.sampling.base import (
+    SamplingStrategy,
+    check_size_cap,
+    temperature_probabilities,
+)
 from mtlkit.errors import ConfigError
 
 
@@ -22,8 +26,9 @@ class Temperature(SamplingStrategy):
     """
 
     def __init__(self, temperature: float = 2.0, size_cap: int | None = None) -> None:
-        if temperature <= 0:
+        if not temperature > 0:  # also refuses NaN, which compares False with everything
             raise ConfigError(f"temperature must be > 0, got {temperature}")
+        check_size_cap(size_cap)
         self.temperature = temperature
         self.size_cap = size_cap
 
