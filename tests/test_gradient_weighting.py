@@ -32,15 +32,37 @@ def _setup(seed=0):
 
 def _step(method, encoder, heads, x, targets, scale=1.0):
     z = encoder(x)
-    losses = {t: ((heads[t](z) - targets[t]) ** 2).mean() for t in TASKS}
+    # Each head reads its own view of the shared representation, as in the model (one slice or
+    # pooled tensor per task).
+    reps = {t: z.view_as(z) for t in TASKS}
+    losses = {t: ((heads[t](reps[t]) - targets[t]) ** 2).mean() for t in TASKS}
     ctx = StepContext(
         step=0,
         task_names=TASKS,
         shared_parameters=lambda: list(encoder.parameters()),
-        representations={t: z for t in TASKS},
+        representations=reps,
         loss_scale=scale,
     )
     return losses, method(losses, ctx)
+
+
+def _task_grads(encoder, heads, x, targets):
+    """Per-task gradients of the encoder and of each head, from a fresh forward pass (the
+    method's hooks live on its own step's graph only)."""
+    z = encoder(x)
+    losses = {t: ((heads[t](z) - targets[t]) ** 2).mean() for t in TASKS}
+    shared = torch.stack(
+        [
+            torch.cat([g.ravel() for g in _grads(losses[t], list(encoder.parameters()))])
+            for t in TASKS
+        ]
+    )
+    own = {t: _grads(losses[t], list(heads[t].parameters())) for t in TASKS}
+    return losses, shared, own
+
+
+def _grads(loss, params):
+    return [g.clone() for g in torch.autograd.grad(loss, params, retain_graph=True)]
 
 
 @pytest.mark.parametrize("agg", AGGREGATORS, ids=lambda c: c.__name__)
@@ -48,20 +70,8 @@ def test_backward_gives_the_aggregated_direction(agg):
     encoder, heads, x, targets = _setup()
     method = GradientWeighting(agg())
     method.setup(TASKS)
-    losses, out = _step(method, encoder, heads, x, targets)
-    grads = torch.stack(
-        [
-            torch.cat(
-                [
-                    g.ravel()
-                    for g in torch.autograd.grad(
-                        losses[t], list(encoder.parameters()), retain_graph=True
-                    )
-                ]
-            )
-            for t in TASKS
-        ]
-    )
+    losses, grads, _ = _task_grads(encoder, heads, x, targets)
+    _, out = _step(method, encoder, heads, x, targets)
     reference = agg()
     reference.setup(TASKS)
     expected = reference.aggregate(grads, {t: float(v) for t, v in losses.items()}, TASKS)
@@ -158,3 +168,32 @@ def test_frozen_encoder_is_a_clear_error(works_on):
     )
     with pytest.raises(ConfigError, match="no encoder parameter is trainable"):
         method(losses, ctx)
+
+
+@pytest.mark.parametrize("agg", [MGDA, PCGrad, CAGrad], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("head_gradients", ["unweighted", "weighted"])
+def test_head_gradients_option(agg, head_gradients):
+    """LibMTL's ``AbsWeighting.backward`` and torchjd's ``mtl_backward`` give each head the plain
+    gradient of its own loss (``"unweighted"``, the default); ``"weighted"`` gives it
+    ``w_t grad L_t``. Either way the encoder gets ``sum_t w_t g_t``. The expected gradients are
+    taken directly by autograd on each task's own loss."""
+    encoder, heads, x, targets = _setup()
+    method = GradientWeighting(agg(), head_gradients=head_gradients)
+    method.setup(TASKS)
+    _, shared, own = _task_grads(encoder, heads, x, targets)
+    _, out = _step(method, encoder, heads, x, targets)
+    weights = torch.stack([out.weights[t] for t in TASKS])
+    assert float(weights.max() - weights.min()) > 0.05  # the two modes differ here
+    out.loss.backward()
+    for i, t in enumerate(TASKS):
+        factor = 1.0 if head_gradients == "unweighted" else float(weights[i])
+        for p, g in zip(heads[t].parameters(), own[t], strict=True):
+            torch.testing.assert_close(p.grad, factor * g, rtol=1e-5, atol=1e-7)
+    got = torch.cat([p.grad.ravel() for p in encoder.parameters()])
+    torch.testing.assert_close(got, weights @ shared, rtol=1e-5, atol=1e-6)
+
+
+def test_head_gradients_default_is_the_references_and_bad_values_are_rejected():
+    assert GradientWeighting(PCGrad()).head_gradients == "unweighted"
+    with pytest.raises(ValueError, match="head_gradients"):
+        GradientWeighting(PCGrad(), head_gradients="scaled")

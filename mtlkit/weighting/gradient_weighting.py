@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -29,23 +30,45 @@ class GradientWeighting(Weighting):
     respect to its own shared representation (the head input), summed over the task's examples
     and tokens, which costs only a pass through the heads (MGDA-UB, Sener & Koltun 2018).
 
+    ``head_gradients`` says what the task heads (the task-specific parameters) receive:
+
+    - ``"unweighted"`` (default, as LibMTL's ``AbsWeighting.backward`` and torchjd's
+      ``mtl_backward``): each head gets the plain gradient of its own loss, ``grad L_t``; only
+      the shared encoder gets the aggregated direction. Implemented by back-propagating
+      ``sum_t L_t`` with a hook on each task's head input that multiplies the gradient flowing
+      into the encoder by ``w_t``, so the encoder still receives exactly ``sum_t w_t g_t``.
+    - ``"weighted"``: the heads get ``w_t grad L_t`` too (back-propagating ``sum_t w_t L_t``
+      through the whole model). With weights of very different size (MGDA's, Nash-MTL's) this
+      also changes each head's effective learning rate.
+
     Args:
         aggregator: The gradient aggregation method.
         works_on: ``"parameters"`` or ``"representation"``; default: the aggregator's own
             (parameters for all but ``MGDAUB``). On the representation every method costs about
             one extra pass through the heads instead of one backward pass per task.
+        head_gradients: ``"unweighted"`` or ``"weighted"``, see above.
     """
 
     needs_all_tasks = True
 
-    def __init__(self, aggregator: GradientAggregator, works_on: WorksOn | None = None) -> None:
+    def __init__(
+        self,
+        aggregator: GradientAggregator,
+        works_on: WorksOn | None = None,
+        head_gradients: Literal["unweighted", "weighted"] = "unweighted",
+    ) -> None:
         super().__init__()
         if works_on not in (None, "parameters", "representation"):
             raise ConfigError(
                 f"works_on must be 'parameters' or 'representation', got {works_on!r}"
             )
+        if head_gradients not in ("unweighted", "weighted"):
+            raise ConfigError(
+                f"head_gradients must be 'unweighted' or 'weighted', got {head_gradients!r}"
+            )
         self.aggregator = aggregator
         self.works_on: WorksOn = works_on or aggregator.works_on
+        self.head_gradients = head_gradients
 
     def setup(self, task_names: Sequence[str]) -> None:
         super().setup(task_names)
@@ -78,7 +101,18 @@ class GradientWeighting(Weighting):
         names = [t for t, r in zip(self.task_names, rows.tolist(), strict=True) if r]
         result = self.aggregator.aggregate(grads, values.cpu(), names)
         weights = {t: w.to(device) for t, w in result.weights_by_task.items() if t in losses}
-        return WeightedLoss(self.weighted_sum(losses, weights), weights)
+        if self.head_gradients == "weighted":
+            return WeightedLoss(self.weighted_sum(losses, weights), weights)
+        if len({id(ctx.representations[t]) for t in weights}) < len(weights):
+            raise ConfigError(
+                "head_gradients='unweighted' needs one head-input tensor per task (tasks share "
+                "one): use head_gradients='weighted'"
+            )
+        for t, w in weights.items():
+            representation = ctx.representations[t]
+            if representation.requires_grad:
+                representation.register_hook(lambda grad, w=w: grad * w.to(grad.dtype))
+        return WeightedLoss(self.weighted_sum(losses, ones), weights)
 
     def task_gradients(self, losses: Mapping[str, Tensor], ctx: StepContext) -> Tensor:
         """``[T, P]`` float32 unscaled per-task gradients, zero rows for absent tasks."""

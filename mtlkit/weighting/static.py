@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -21,6 +22,9 @@ class StaticWeighting(Weighting):
 
     def __init__(self, weights: dict[str, float], default: float = 1.0) -> None:
         super().__init__()
+        bad = {t: w for t, w in {**weights, "(default)": default}.items() if not math.isfinite(w)}
+        if bad:
+            raise ConfigError(f"static task weights must be finite numbers, got {bad}")
         if any(w < 0 for w in weights.values()) or default < 0:
             raise ConfigError(f"static task weights must be >= 0, got {weights}")
         self.weights = dict(weights)

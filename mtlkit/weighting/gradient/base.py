@@ -145,7 +145,10 @@ class GradientAggregator(nn.Module, ABC):
         if self.needs_losses and loss_vec is None:
             raise ValueError(f"{type(self).__name__} needs the task losses")
         g = grads.detach().to(torch.float32)
-        direction, weights = self._aggregate(g, loss_vec)
+        # Under bf16/fp16 autocast a matmul here would run in half precision (and solvers that
+        # go through numpy reject bf16): the Gram matrix and the solve are always float32/64.
+        with torch.autocast(device_type=g.device.type, enabled=False):
+            direction, weights = self._aggregate(g, loss_vec)
         return AggregatedGradient(direction, weights, names)
 
     @abstractmethod

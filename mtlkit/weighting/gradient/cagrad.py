@@ -39,15 +39,19 @@ class CAGrad(GramianAggregator):
     :math:`w(\alpha)` come from Wolfe's exact min-norm-point algorithm on the shifted Gram matrix,
     and :math:`\alpha^*` is the root of :math:`\lVert g_{w(\alpha)} \rVert - \sqrt\phi\,\alpha`
     (Illinois regula falsi, about a dozen evaluations). All in float64 on the ``T x T`` Gram
-    matrix, normalised to a unit largest diagonal (which leaves :math:`w^*` unchanged). If the
-    hull contains 0 exactly, :math:`g_{w^*} = 0` and the update is :math:`g_0` (rescaled).
+    matrix, normalised to a unit largest diagonal (which leaves :math:`w^*` unchanged). When the
+    hull contains 0, :math:`\alpha = 0` is a spurious root (:math:`g_w = 0`); the solver then
+    looks for the positive root, which exists whenever the dual optimum is not at
+    :math:`g_w = 0` (always for ``c < 1`` and 0 inside the hull). Only if there is none (e.g.
+    ``c >= 1``, when :math:`F \ge 0` on the simplex) is the update :math:`g_0` (rescaled).
 
     The reported weights are the exact coefficients of the update:
     :math:`(\frac1T + \lambda w^*_i) / r` with :math:`\lambda = \sqrt\phi / \lVert g_{w^*}
     \rVert` and :math:`r` the rescale factor.
 
     Args:
-        c: The ball radius, relative to :math:`\lVert g_0 \rVert` (the paper's default 0.5).
+        c: The ball radius, relative to :math:`\lVert g_0 \rVert`, in ``[0, 1)`` (the paper's
+            default 0.5).
         rescale: Division of the update, see above.
         tol: Relative tolerance on :math:`\alpha`.
         seed: Unused (no randomness); kept for the common signature.
@@ -61,8 +65,10 @@ class CAGrad(GramianAggregator):
         seed: int = 0,
     ) -> None:
         super().__init__(seed=seed)
-        if c < 0:
-            raise ValueError(f"c must be >= 0, got {c}")
+        if not 0 <= c < 1:
+            # The paper's convergence result (Theorem 3.2) needs 0 <= c < 1; for c >= 1 the ball
+            # contains d = 0 and the dual optimum sits at the non-smooth point g_w = 0.
+            raise ValueError(f"c must be in [0, 1) (Liu et al. 2021, Theorem 3.2), got {c}")
         if rescale not in ("1+c^2", "1+c", "none"):
             raise ValueError(f"rescale must be '1+c^2', '1+c' or 'none', got {rescale!r}")
         self.c = float(c)
@@ -84,12 +90,15 @@ class CAGrad(GramianAggregator):
         if sqrt_phi == 0:
             return mean / self.rescale_factor
         w = self.solve(a, sqrt_phi)
+        if w is None:
+            return mean / self.rescale_factor
         gw_norm = math.sqrt(max(float(w @ a @ w), 0.0))
         lam = sqrt_phi / gw_norm if gw_norm > 1e-12 else 0.0
         return (mean + lam * torch.from_numpy(w)) / self.rescale_factor
 
-    def solve(self, a: np.ndarray, sqrt_phi: float, max_eval: int = 200) -> np.ndarray:
-        """``argmin_w w.A.b + sqrt_phi * sqrt(w.A.w)`` over the simplex (``b`` uniform)."""
+    def solve(self, a: np.ndarray, sqrt_phi: float, max_eval: int = 200) -> np.ndarray | None:
+        """``argmin_w w.A.b + sqrt_phi * sqrt(w.A.w)`` over the simplex (``b`` uniform), or None
+        when the minimum is at ``g_w = 0`` (then the update is ``g_0``)."""
         t = a.shape[0]
         b = np.full(t, 1.0 / t)
         ab = a @ b
@@ -102,11 +111,22 @@ class CAGrad(GramianAggregator):
             w = min_norm_point(a + alpha * cross + alpha**2 * square)
             return math.sqrt(max(float(w @ a @ w), 0.0)) - sqrt_phi * alpha, w
 
-        lo, hi = 0.0, 2.0 * math.sqrt(float(np.max(np.diag(a)))) / sqrt_phi
-        f_lo, w = residual(lo)
-        if f_lo <= 0:
-            return w
+        # f(hi) < 0, since ||g_w|| <= sqrt(max diag) = sqrt_phi * hi / 2. Bracket a root from
+        # above by halving: the first probe with f > 0 gives [probe, hi]. f(0) is the norm of the
+        # hull's min-norm point, so when the hull contains 0 (up to rounding) alpha = 0 is a
+        # root with g_w = 0, yet the dual optimum can lie elsewhere (for c < 1 and 0 inside the
+        # hull, f(alpha) = alpha ||g_0|| (1 - c) > 0 for small alpha): searching from above
+        # finds the root away from 0.
+        hi = 2.0 * math.sqrt(float(np.max(np.diag(a)))) / sqrt_phi
         f_hi, _ = residual(hi)
+        for _ in range(64):
+            lo = hi / 2
+            f_lo, w = residual(lo)
+            if f_lo > 0:
+                break
+            hi, f_hi = lo, f_lo
+        else:
+            return None  # no positive root: g_w = 0 is the optimum (update g_0)
         side = 0
         for _ in range(max_eval):
             mid = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)

@@ -22,13 +22,19 @@ class IMTLG(GramianAggregator):
         \alpha_{2:T} = g_1 U^\top (D U^\top)^{-1}, \qquad \alpha_1 = 1 - \sum_{t \ge 2} \alpha_t.
 
     Computed here in the Gram space: the condition reads :math:`(G G^\top \alpha)_t = \kappa\,
-    \lVert g_t \rVert`, so :math:`\alpha = M^{+} n / \mathbf 1^\top M^{+} n` with
-    :math:`M = G G^\top` and :math:`n_t = \lVert g_t \rVert` — identical to Eq. 6 when the
-    gradients are linearly independent (the test checks it against the literal formula), and the
+    \lVert g_t \rVert`. With :math:`D = \mathrm{diag}(\lVert g_t \rVert)` and the Gram matrix of
+    the *unit* gradients :math:`A = D^{-1} G G^\top D^{-1}` it is :math:`A \beta = \kappa
+    \mathbf 1` with :math:`\beta = D \alpha`, so :math:`\beta = A^{+} \mathbf 1`,
+    :math:`\alpha = D^{-1} \beta / \mathbf 1^\top D^{-1} \beta` — identical to Eq. 6 when the
+    gradients are linearly independent (tests check it against the literal formula), and the
     generalisation of Quinton & Rey (torchjd, "Jacobian Descent for Multi-Objective
-    Optimization") when they are not: the pseudo-inverse ignores eigenvalues below
-    ``rtol * lambda_max`` (rounding noise of a float32 Gram matrix), so equal gradients get equal
-    weights. If :math:`\mathbf 1^\top M^{+} n = 0` (all gradients zero) the weights are uniform.
+    Optimization") when they are not. Working on unit gradients makes the pseudo-inverse's
+    cut-off (eigenvalues below ``rtol * lambda_max`` of :math:`A`, i.e. rounding noise) blind to
+    the gradients' norms: a task whose gradient is 1000x smaller than another's keeps its weight
+    (a cut-off on :math:`G G^\top` itself, whose eigenvalues spread as the squared norm ratio,
+    dropped it). Equal gradients get equal weights. Tasks with a zero gradient have no direction
+    to project on: they get weight 0 and the rule holds for the others. If every gradient is
+    zero, or :math:`\mathbf 1^\top D^{-1} \beta = 0`, the weights are uniform.
 
     Args:
         rtol: Relative eigenvalue cut-off of the pseudo-inverse.
@@ -41,9 +47,18 @@ class IMTLG(GramianAggregator):
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor | None) -> Tensor:
         t = gram.shape[0]
+        uniform = torch.full((t,), 1.0 / t, dtype=gram.dtype)
         norms = torch.sqrt(torch.clamp(gram.diagonal(), min=0))
-        v = torch.linalg.pinv(gram, rtol=self.rtol, hermitian=True) @ norms
+        live = norms > 1e-12 * float(norms.max()) if float(norms.max()) > 0 else norms > 0
+        if not bool(live.any()):
+            return uniform
+        n = norms[live]
+        unit_gram = gram[live][:, live] / torch.outer(n, n)
+        beta = torch.linalg.pinv(unit_gram, rtol=self.rtol, hermitian=True) @ torch.ones_like(n)
+        v = beta / n
         total = v.sum()
         if float(total.abs()) <= 1e-12 * float(v.abs().sum()) or float(v.abs().sum()) == 0:
-            return torch.full((t,), 1.0 / t, dtype=gram.dtype)
-        return v / total
+            return uniform
+        weights = torch.zeros(t, dtype=gram.dtype)
+        weights[live] = v / total
+        return weights

@@ -140,8 +140,11 @@ class NashMTL(GradientAggregator):
     The weights solve the bargaining condition :math:`G G^\top \alpha = 1 / \alpha` (elementwise)
     by the paper's sequence of convex programs (cvxpy + ECOS), warm-started from the previous
     step's weights; the update :math:`G^\top \alpha` is rescaled so that its norm is at most
-    ``max_norm`` (0 disables). Stateful: the previous weights and the step counter are saved in
-    the module's ``state_dict``. Needs every task in every step (``T`` fixed at :meth:`setup`).
+    ``max_norm`` (0 disables). A step in which a task's gradient is zero (bargaining undefined)
+    keeps the previous step's weights (uniform ones before the first solve), as the reference
+    code and torchjd do, without advancing the solver. Stateful: the previous weights and the
+    step counter are saved in the module's ``state_dict``. Needs every task in every step
+    (``T`` fixed at :meth:`setup`).
 
     Raises:
         ImportError: when ``cvxpy`` / ``ecos`` are missing
@@ -192,15 +195,28 @@ class NashMTL(GradientAggregator):
                 n_tasks=grads.shape[0], max_norm=self.max_norm, optim_niter=self.optim_niter
             )
         if not bool((grads.norm(dim=1) > 0).all()):
-            # Nash bargaining is undefined when a task has no gradient (cvxpy gets NaN
-            # parameters): no update, and the solver's warm start is left as it was.
-            weights = torch.zeros(grads.shape[0], device=grads.device)
-            return weights @ grads, weights
+            # Nash bargaining is undefined when a task has no gradient (its utility log(g_t.d)
+            # is -inf for every d). The reference implementation (AvivNavon/nash-mtl) and
+            # torchjd then keep the previous step's weights (their solver fails on the zero row
+            # and falls back to them): so does this, rescaled to max_norm as usual; the solver's
+            # warm start and step counter are left as they were.
+            alpha = torch.as_tensor(np.asarray(nash.weighting.prvs_alpha, dtype=np.float64))
+            weights = alpha.to(device=grads.device, dtype=torch.float32)
+            return self._clip(weights, grads)
         if grads.shape[0] == 1:  # the bargaining solution alpha ||g||^2 = 1/alpha, in closed form
             weights = 1.0 / grads.norm(dim=1)
             return weights @ grads, weights
         weights = nash.weighting(grads).to(device=grads.device, dtype=torch.float32)
         return weights @ grads, weights
+
+    def _clip(self, weights: Tensor, grads: Tensor) -> tuple[Tensor, Tensor]:
+        """torchjd's ``max_norm`` rule: scale ``w`` so that ``||w @ G|| <= max_norm``."""
+        direction = weights @ grads
+        norm = direction.norm()
+        if self.max_norm > 0 and norm > self.max_norm:
+            weights = weights / norm * self.max_norm
+            direction = weights @ grads
+        return direction, weights
 
     def get_extra_state(self) -> Any:
         state = super().get_extra_state()
@@ -209,7 +225,8 @@ class NashMTL(GradientAggregator):
             state["nash"] = {
                 "n_tasks": self._nash.n_tasks,
                 "step": float(w.step),
-                "prvs_alpha": torch.as_tensor(np.asarray(w.prvs_alpha, dtype=np.float64)),
+                # In its own dtype: float32 before the first solve, float64 (cvxpy's) after.
+                "prvs_alpha": torch.from_numpy(np.array(w.prvs_alpha)),
             }
         return state
 
@@ -221,7 +238,7 @@ class NashMTL(GradientAggregator):
         self._build(int(nash["n_tasks"]))
         assert self._nash is not None
         w = self._nash.weighting
-        w.prvs_alpha = nash["prvs_alpha"].numpy().astype(np.float32)
+        w.prvs_alpha = nash["prvs_alpha"].numpy().copy()
         w.step = float(nash["step"])
         if w.step > 0:
             # torchjd builds its cvxpy problem at step 0 only, from prvs_alpha: rebuild it.
