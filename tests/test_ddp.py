@@ -1,9 +1,32 @@
 """DDP with 2 CPU processes (gloo) gives the single-process update on the same global batch.
 
-Each weighting method trains 3 SGD steps with a global batch of 16: once in one process, once as
-2 processes of 8 (Lightning's ``ddp`` strategy launched by torchrun). The encoder updates must
-agree to a relative L2 error of 1e-4 (measured: ~3e-7), FAMO to 2e-2 (measured: 7.5e-3): Adam's
-normalised step on FAMO's task logits amplifies the float rounding of the all-reduced losses.
+Every weighting method of ``configs/weighting/`` (``RUNS`` of the worker: each in its config's
+batch mode, and those that allow homogeneous batches in mixed batches too) trains 3 SGD steps
+(lr 0.5) with a global batch of 16 over 3 tasks: once in one process, once as 2 processes of 8
+(Lightning's ``ddp`` strategy launched by torchrun; one worker run covers all methods). Measured
+relative L2 error of the 2-process encoder update against the 1-process one (2-core x86 CPU):
+
+==================  ======  ==================  ======
+run                 error   run                 error
+==================  ======  ==================  ======
+aligned_mtl         4.1e-7  nash_mtl            7.9e-7
+cagrad              3.6e-7  pcgrad              3.0e-7
+dwa                 3.8e-7  rlw                 3.9e-7
+equal               3.2e-7  static              3.2e-7
+famo                3.1e-7  uncertainty         3.2e-7
+gradnorm            3.7e-7  upgrad              3.6e-7
+imtl_g              4.7e-7  equal/mixed         3.1e-7
+mgda                4.4e-7  static/mixed        3.9e-7
+mgda_ub             3.7e-7  uncertainty/mixed   3.5e-7
+==================  ======  ==================  ======
+
+All are float32 rounding of the all-reduce, of one size for every method, so one tolerance,
+``UPDATE_TOLERANCE`` = 3x the largest measured error, holds for each (a wrong loss rescaling or
+per-process weights give errors of 1e-3 and more).
+
+The trajectory runs (every batch mode x sampler, 8 steps, with AdamW and with SGD: Adam's
+normalised steps cannot see gradients of the wrong scale, SGD's can) agree step by step to a
+relative 2.3e-7 at most (measured); ``TRAJECTORY_RTOL`` is 3x that, rounded up.
 """
 
 import os
@@ -13,9 +36,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from scripts.ddp_worker import OPTIMIZERS, RUNS, SAMPLINGS
 
 WORKER = Path(__file__).resolve().parent / "scripts" / "ddp_worker.py"
-TOLERANCE = {"famo": 2e-2}
+UPDATE_TOLERANCE = 2.5e-6
+TRAJECTORY_RTOL = 1e-6
 
 
 def _run_single_and_double(tmp, *args, port):
@@ -42,31 +67,25 @@ def updates(tmp_path_factory):
     return torch.load(single), torch.load(double)
 
 
-METHODS = [
-    "equal",
-    "equal_mixed",
-    "uncertainty",
-    "dwa",
-    "rlw",
-    "famo",
-    "gradnorm",
-    "pcgrad",
-    "mgda_ub",
-]
+def test_worker_ran_every_method(updates):
+    single, double = updates
+    assert set(single) == set(double) == set(RUNS)
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", list(RUNS))
 def test_two_processes_match_one(updates, name):
     single, double = updates
     assert single[name].norm() > 0
     error = ((single[name] - double[name]).norm() / single[name].norm()).item()
-    assert error < TOLERANCE.get(name, 1e-4), f"{name}: relative error {error:.3g}"
+    print(f"[ddp] {name}: relative error {error:.3g}")
+    assert error < UPDATE_TOLERANCE, f"{name}: relative error {error:.3g}"
 
 
 # ---------------------------------------------------------------- every batch mode and sampler
 @pytest.fixture(scope="module")
 def trajectories(tmp_path_factory):
-    """8 Adam steps (2 epochs) + validation, per batch mode and sampler, on 1 and on 2 processes."""
+    """8 steps (2 epochs) + validation, per batch mode, sampler and optimizer, on 1 and on 2
+    processes."""
     tmp = tmp_path_factory.mktemp("ddp_trajectory")
     single, double = _run_single_and_double(tmp, "trajectory", port=29538)
     load = torch.load
@@ -77,25 +96,27 @@ def trajectories(tmp_path_factory):
     )
 
 
-RUNS = [
-    f"{mode}/{sampling}"
+TRAJECTORIES = [
+    f"{mode}/{sampling}/{optimizer}"
     for mode in ("homogeneous", "mixed")
-    for sampling in ("proportional", "uniform", "temperature", "annealed")
+    for sampling in SAMPLINGS
+    for optimizer in OPTIMIZERS
 ]
 
 
-@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("run", TRAJECTORIES)
 def test_loss_trajectory_matches_single_process(trajectories, run):
-    """Same global batches, same losses step after step (tolerance 1e-4 relative; Adam over 8
-    steps amplifies the float rounding of the gradient all-reduce)."""
+    """Same global batches, same losses step after step."""
     single, rank0, rank1 = (t[run] for t in trajectories)
     one, two = torch.tensor(single["losses"]), torch.tensor(rank0["losses"])
     assert len(one) == len(two) == 8
-    assert torch.allclose(one, two, rtol=1e-4, atol=1e-6), (one, two)
+    error = ((one - two).abs() / one.abs()).max().item()
+    print(f"[ddp] {run}: largest relative loss error {error:.3g}")
+    assert error < TRAJECTORY_RTOL, (one, two)
     assert rank0["losses"] == rank1["losses"]  # every process logs the global loss
 
 
-@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("run", TRAJECTORIES)
 def test_ranks_split_the_global_batch(trajectories, run):
     single, rank0, rank1 = (t[run] for t in trajectories)
     for step, (whole, a, b) in enumerate(
@@ -112,7 +133,7 @@ def test_ranks_split_the_global_batch(trajectories, run):
             assert a.get(task) and b.get(task) or len(whole[task]) < 2, (step, task)
 
 
-@pytest.mark.parametrize("run", ["homogeneous/proportional", "mixed/temperature"])
+@pytest.mark.parametrize("run", ["homogeneous/proportional/adamw", "mixed/temperature/sgd"])
 def test_validation_metrics_are_synchronised(trajectories, run):
     """Each process sees half of the validation split; the logged metrics are the full split's
     (equal on both processes and equal to the single-process values)."""
