@@ -9,9 +9,48 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+import re  # noqa: E402
+from importlib import metadata  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 from mtlkit.testing import build_tiny_tokenizer, save_tiny_encoder  # noqa: E402
+
+
+CONSTRAINTS = Path(__file__).resolve().parents[1] / "constraints.txt"
+
+
+def environment_mismatches(constraints: Path = CONSTRAINTS) -> list[str]:
+    """Packages of ``constraints.txt`` that are missing or at another version here."""
+    problems = []
+    for line in constraints.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, pinned = line.split("==")
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            problems.append(f"{name}: not installed (constraints.txt pins {pinned})")
+            continue
+        if re.sub(r"\+.*$", "", installed) != pinned:
+            problems.append(f"{name}: {installed} installed, constraints.txt pins {pinned}")
+    return problems
+
+
+def pytest_sessionstart(session):
+    """Under ``make test`` (MTLKIT_STRICT_ENV=1) the environment must be the verified one: a
+    missing optional package fails the run here instead of turning its tests into skips."""
+    if os.environ.get("MTLKIT_STRICT_ENV") != "1":
+        return
+    problems = environment_mismatches()
+    if problems:
+        pytest.exit(
+            "the environment differs from constraints.txt (run `make setup`, or `make lock` to "
+            "refresh the pins):\n  " + "\n  ".join(problems),
+            returncode=3,
+        )
 
 
 @pytest.fixture(scope="session")
