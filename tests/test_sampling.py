@@ -57,17 +57,31 @@ def _sampler(mode="homogeneous", strategy=None, **kw):
     return MultiTaskBatchSampler(**args)
 
 
+def assert_binomial_frequencies(counts: np.ndarray, expected: np.ndarray, k: float = 4.5) -> None:
+    """Each frequency within ``k`` binomial standard errors of its probability, and every task
+    with a probability above 0 drawn: a bound that shrinks with ``p``, so a rare task that is
+    never drawn fails (an absolute tolerance larger than ``p`` would let it pass)."""
+    n = counts.sum()
+    bound = k * np.sqrt(expected * (1 - expected) / n)
+    assert np.all(bound < expected), f"n = {n} cannot tell p = {expected.min():.3g} from 0"
+    freq = counts / n
+    assert np.all(np.abs(freq - expected) <= bound), (freq, expected, bound)
+    assert np.all(counts[expected > 0] > 0), counts
+
+
+HOMOGENEOUS_STEPS = 10_000  # 4.5 standard errors of p = 10/1110 are 0.0042 < p
+
+
 @pytest.mark.parametrize("strategy", [Proportional(), Uniform(), Temperature(2), Temperature(5)])
 def test_homogeneous_task_frequencies_match_formula(strategy):
-    sampler = _sampler(strategy=strategy)
+    sampler = _sampler(strategy=strategy, steps_per_epoch=HOMOGENEOUS_STEPS)
     counts = {"a": 0, "b": 0, "c": 0}
     for plan in sampler:
         (task,) = plan["indices"]
         counts[task] += 1
-    freq = np.array([counts[t] for t in "abc"]) / 2000
-    expected = strategy.probabilities(SIZES, 0)
-    # binomial standard error at n=2000 is <= 0.0112; allow 4 sigma
-    np.testing.assert_allclose(freq, expected, atol=0.045)
+    assert_binomial_frequencies(
+        np.array([counts[t] for t in "abc"]), strategy.probabilities(SIZES, 0)
+    )
 
 
 def test_mixed_example_frequencies_match_formula():
@@ -137,16 +151,24 @@ def test_state_from_other_config_is_rejected():
 @pytest.mark.parametrize("mode", ["homogeneous", "mixed"])
 def test_ranks_get_disjoint_examples_of_the_same_tasks(mode):
     # sizes are multiples of the global batch (16), so one step never wraps into a new pass
-    kw = dict(mode=mode, steps_per_epoch=30, sizes=[1024, 128, 16], world_size=2)
-    plans = [list(_sampler(rank=r, **kw)) for r in (0, 1)]
-    for p0, p1 in zip(*plans, strict=True):
+    kw = dict(mode=mode, steps_per_epoch=30, sizes=[1024, 128, 16])
+    plans = [list(_sampler(rank=r, world_size=2, **kw)) for r in (0, 1)]
+    whole = list(_sampler(batch_size=16, **kw))  # one process holding the global batch
+    for step, (p0, p1, p) in enumerate(zip(*plans, whole, strict=True)):
+        i0, i1, i = p0["indices"], p1["indices"], p["indices"]
+        assert sum(len(v) for v in (*i0.values(), *i1.values())) == 16, step
+        # the two ranks' tasks together are the step's tasks, and a rank misses a task only
+        # when the step holds a single example of it (mixed batches)
+        assert i0.keys() | i1.keys() == i.keys(), step
+        for task, rows in i.items():
+            a, b = i0.get(task, []), i1.get(task, [])
+            assert a and b or len(rows) < 2, (step, task)
+            assert abs(len(a) - len(b)) <= 1, (step, task)
+            assert not set(a) & set(b), (step, task)  # disjoint ...
+            assert sorted(a + b) == sorted(rows), (step, task)  # ... and together the batch
         if mode == "homogeneous":
-            assert p0["indices"].keys() == p1["indices"].keys()
-            (task,) = p0["indices"]
-            assert len(p0["indices"][task]) == len(p1["indices"][task]) == 8
-            assert not set(p0["indices"][task]) & set(p1["indices"][task])
-        else:
-            assert sum(len(v) for p in (p0, p1) for v in p["indices"].values()) == 16
+            assert i0.keys() == i1.keys() and len(i0) == 1, step
+            assert all(len(v) == 8 for v in (*i0.values(), *i1.values())), step
 
 
 def test_unknown_batch_mode():
