@@ -17,7 +17,12 @@ from helpers import quiet_trainer, tiny_model, toy_datamodule, toy_texts
 from mtlkit.data import InMemory, LocalFiles
 from mtlkit.data.sampling import Annealed, Temperature
 from mtlkit.errors import ConfigError, DataError, DataWarning
-from mtlkit.tasks import MultiLabelClassification, SequenceClassification, TokenClassification
+from mtlkit.tasks import (
+    MultiLabelClassification,
+    Regression,
+    SequenceClassification,
+    TokenClassification,
+)
 
 TRAIN_CSV = "text,label\ngood movie,pos\nbad film,neg\ngood day,pos\nbad day,neg\n"
 DEV_CSV = "text,label\ngood film,pos\nbad movie,neg\n"
@@ -136,6 +141,23 @@ def test_labels_with_surrounding_spaces_are_stripped_with_a_warning(tmp_path):
                       r"surrounding spaces \(e\.g\. ' pos'\); they are stripped"):  # fmt: skip
         _setup(task)
     assert task.label_names == ["neg", "pos"]
+
+
+def test_missing_regression_target_names_the_row(tmp_path):
+    source = _files(tmp_path, "text,label\ngood movie,0.5\nbad film,\ngood day,2.5\n", DEV_IDS)
+    message = r"has 1 NaN/inf/missing target\(s\) in column 'label': row 1 of .*train\.csv"
+    with pytest.raises(DataError, match=rf"task 'r': split 'train' {message}"):
+        _setup(Regression(name="r", source=source))
+
+
+def test_missing_value_in_a_multi_label_column_names_the_row():
+    splits = {"train": {"text": ["good day", "bad film", "good film"], "x": [1, None, 0],
+                        "y": [0, 1, 1]},
+              "validation": {"text": ["bad day"], "x": [1], "y": [0]}}  # fmt: skip
+    task = MultiLabelClassification("m", InMemory(splits), label_columns=["x", "y"])
+    with pytest.raises(DataError, match=r"task 'm': split 'train' column 'x': missing label in "
+                       r"row 1"):  # fmt: skip
+        _setup(task)
 
 
 # ---------------------------------------------------------------- label values

@@ -93,17 +93,18 @@ class LocalFiles(DataSource):
     Args:
         data_files: Split name to a path (or list of paths), e.g. ``{"train": "a.csv"}``.
         format: ``csv``, ``json`` or ``parquet``; inferred from the file suffix when omitted.
+        load_kwargs: Extra keyword arguments for ``datasets.load_dataset`` (``delimiter`` ...;
+            for csv, ``keep_default_na: false`` reads cells such as ``NA`` or ``None`` as text).
         encoding: Text encoding of csv/tsv/json files (default UTF-8), e.g. ``latin-1`` or
             ``cp1252`` for files saved by older spreadsheet programs.
-        load_kwargs: Extra keyword arguments for ``datasets.load_dataset`` (``delimiter`` ...).
     """
 
     def __init__(
         self,
         data_files: dict[str, str | list[str]],
         format: str | None = None,
-        encoding: str | None = None,
         load_kwargs: dict[str, Any] | None = None,
+        encoding: str | None = None,
         validation_fraction: float = 0.1,
         split_seed: int = 0,
     ) -> None:

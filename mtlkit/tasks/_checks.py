@@ -59,9 +59,13 @@ def check_text_column(task: Any, split: str, ds: Dataset, column: str) -> None:
         )
     rows = blank_rows(_column(ds, column))
     if rows.size:
+        hint = ""
+        if getattr(task.source, "format", None) == "csv":
+            hint = " (csv cells NA, null or None are empty unless load_kwargs has "
+            hint += "keep_default_na: false)"
         raise DataError(
             f"{where(task, split, column)}: empty text in {rows_phrase(rows, origin)}; "
-            "fill those cells in or remove the rows"
+            f"fill those cells in or remove the rows{hint}"
         )
 
 

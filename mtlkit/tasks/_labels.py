@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import ClassLabel, DatasetDict, Features, LargeList, List, Sequence, Value
 
 from mtlkit.errors import DataError, DataWarning
@@ -99,10 +101,12 @@ def resolve_num_labels(
 
 def flat_labels(ds, column: str) -> np.ndarray:
     """All label values of a column (flattened for sequence columns), as an array."""
-    values = ds.with_format("numpy")[column] if len(ds) else np.zeros(0)
-    if len(values) and isinstance(values[0], np.ndarray | list):
-        values = np.concatenate([np.asarray(v).ravel() for v in values]) if len(values) else values
-    return np.asarray(values)
+    if not len(ds):
+        return np.zeros(0)
+    values = ds.with_format("arrow")[column]  # arrow, not one numpy row at a time: 100x faster
+    while isinstance(values.type, pa.ListType | pa.LargeListType | pa.FixedSizeListType):
+        values = pc.list_flatten(values)
+    return np.asarray(values.to_numpy(zero_copy_only=False))
 
 
 def check_label_range(data: DatasetDict, column: str, task: str, num_labels: int) -> None:

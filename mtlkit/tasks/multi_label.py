@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mtlkit.data.sources import DataSource
 from mtlkit.errors import ConfigError, DataError
-from mtlkit.tasks._checks import check_label_lists
+from mtlkit.tasks._checks import check_label_cells, check_label_lists
 from mtlkit.tasks._labels import (
     check_label_range,
     label_head_state,
@@ -114,6 +114,8 @@ class MultiLabelClassification(Task):
         super().check_rows(split, ds)
         if self.label_columns is None:
             check_label_lists(self, split, ds, self.label_column)
+        for column in self.label_columns or []:
+            check_label_cells(self, split, ds, column)
 
     def prepare(self, data: DatasetDict) -> DatasetDict:
         if self.label_columns is not None:

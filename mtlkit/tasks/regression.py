@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
 from transformers import PreTrainedTokenizerBase
 
 from mtlkit.data.sources import DataSource
 from mtlkit.errors import ConfigError, DataError
+from mtlkit.tasks._checks import rows_phrase
 from mtlkit.tasks.base import Task, text_inputs
 
 
@@ -72,21 +73,24 @@ class Regression(Task):
         return super().fingerprint() + repr(self.text_pair_column)
 
     # ----------------------------------------------------------------- data
+    def check_rows(self, split: str, ds: Dataset) -> None:
+        super().check_rows(split, ds)
+        dtype = getattr(ds.features[self.label_column], "dtype", None)
+        if dtype is None or not (dtype.startswith(("int", "uint", "float")) or dtype == "bool"):
+            raise DataError(
+                f"task {self.name!r}: split {split!r} column {self.label_column!r} must be "
+                f"numeric for regression, found {ds.features[self.label_column]}"
+            )
+        values = np.asarray(ds[self.label_column], dtype=np.float64)
+        rows = np.flatnonzero(~np.isfinite(values))
+        if rows.size:
+            raise DataError(
+                f"task {self.name!r}: split {split!r} has {rows.size} NaN/inf/missing target(s) "
+                f"in column {self.label_column!r}: "
+                f"{rows_phrase(rows, self.source.origin(split))}"
+            )
+
     def prepare(self, data: DatasetDict) -> DatasetDict:
-        for split, ds in data.items():
-            dtype = getattr(ds.features[self.label_column], "dtype", None)
-            if dtype is None or not (dtype.startswith(("int", "uint", "float")) or dtype == "bool"):
-                raise DataError(
-                    f"task {self.name!r}: split {split!r} column {self.label_column!r} must be "
-                    f"numeric for regression, found {ds.features[self.label_column]}"
-                )
-            values = np.asarray(ds[self.label_column], dtype=np.float64)
-            bad = int((~np.isfinite(values)).sum())
-            if bad:
-                raise DataError(
-                    f"task {self.name!r}: split {split!r} has {bad} NaN/inf/missing target(s) "
-                    f"in column {self.label_column!r}"
-                )
         return data
 
     def tokenize(self, batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase) -> dict:
