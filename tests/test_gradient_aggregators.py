@@ -372,9 +372,23 @@ def test_contract_output_shapes_and_consistency(cls):
     assert out.weights.shape == (4,) and out.weights.dtype == torch.float32
     assert torch.isfinite(out.direction).all() and torch.isfinite(out.weights).all()
     assert out.tasks == ["t0", "t1", "t2", "t3"] and set(out.weights_by_task) == set(out.tasks)
-    torch.testing.assert_close(out.weights @ grads, out.direction, rtol=1e-5, atol=1e-5)
     # The update is a descent direction for the tasks on average.
     assert float(grads.mean(0) @ out.direction) > 0
+
+
+def test_contract_permuting_the_tasks_permutes_the_weights(cls):
+    """A property of the methods, not of the code path: relabelling the tasks relabels the
+    weights and leaves the update unchanged (PCGrad's random projection order is exempt)."""
+    if cls is PCGrad:
+        pytest.skip("PCGrad projects in a random task order")
+    grads = conflicting_grads(T=4, P=100)
+    order = torch.tensor([2, 0, 3, 1])
+    losses = losses_for(make(cls), 4)
+    a = run(make(cls), grads, losses=losses)
+    b = run(make(cls), grads[order], losses=None if losses is None else losses[order])
+    torch.testing.assert_close(b.weights, a.weights[order], rtol=2e-3, atol=1e-5)
+    scale = float(a.direction.norm())
+    assert float((b.direction - a.direction).norm()) <= 2e-3 * scale
 
 
 def test_contract_degenerate_inputs_stay_finite(cls):
@@ -382,7 +396,6 @@ def test_contract_degenerate_inputs_stay_finite(cls):
         agg = make(cls)
         out = run(agg, grads, losses=losses_for(agg, grads.shape[0]))
         assert torch.isfinite(out.direction).all() and torch.isfinite(out.weights).all()
-        torch.testing.assert_close(out.weights @ grads, out.direction)
 
 
 def test_contract_partial_step_names_the_rows(cls):
