@@ -36,10 +36,10 @@ from typing import Any
 import yaml
 
 from benchmarks.common import RESULTS, write_result
+from mtlkit.testing.methods import MethodConfig, weighting_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "quickstart.yaml"
-WEIGHTING = ROOT / "configs" / "weighting"
 PRIMARY = {"trec": "accuracy", "bbc_topic": "accuracy", "sentiment": "pearson"}
 MODES = {
     # CPU budget: BBC articles cut to 64 tokens (topic is clear from the start of an article)
@@ -52,25 +52,11 @@ SAMPLING = {
     "t2": ("mtlkit.data.sampling.Temperature", 2.0),
     "t5": ("mtlkit.data.sampling.Temperature", 5.0),
 }
-# Weighting rows all use mixed batches (every task in every step), equal weighting included, so
-# they differ from each other only in the method.
-METHODS = [
-    "equal",
-    "static",
-    "uncertainty",
-    "dwa",
-    "rlw",
-    "famo",
-    "gradnorm",
-    "pcgrad",
-    "cagrad",
-    "mgda",
-    "mgda_ub",
-    "imtl_g",
-    "aligned_mtl",
-    "upgrad",
-    "nash_mtl",
-]
+
+
+def _weighting_order(method: MethodConfig) -> tuple[bool, bool, str]:
+    """Equal weighting first, then the loss-level and the gradient methods, each by name."""
+    return method.is_gradient_method, method.name != "equal", method.name
 
 
 def rows() -> dict[str, dict[str, Any]]:
@@ -82,15 +68,16 @@ def rows() -> dict[str, dict[str, Any]]:
         if temperature is not None:
             sampling["init_args"] = {"temperature": temperature}
         table[f"sampling/{name}"] = {"data": {"init_args": {"sampling": sampling}}}
-    for method in METHODS:
-        config = WEIGHTING / f"{method}.yaml"
-        row: dict[str, Any] = {"config": config, "mixed": True}
-        if "GradientWeighting" in config.read_text():
+    # Weighting rows (every config of configs/weighting/) all use mixed batches, equal weighting
+    # included, so they differ from each other only in the method.
+    for method in sorted(weighting_methods().values(), key=_weighting_order):
+        row: dict[str, Any] = {"config": method.path, "mixed": True}
+        if method.is_gradient_method:
             # On this CPU per-parameter gradients (one backward per task over 22M parameters)
             # cost 3-5x a step, so the default suite aggregates gradients on the shared
             # representation (as MGDA-UB does); --full keeps each config's own choice.
             row["gradient_on"] = "representation"
-        table[f"weighting/{method}"] = row
+        table[f"weighting/{method.name}"] = row
     return table
 
 
