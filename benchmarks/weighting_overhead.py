@@ -3,7 +3,9 @@
     python -m benchmarks.weighting_overhead            # tiny encoder and the packaged MiniLM
     python -m benchmarks.weighting_overhead --quick    # tiny encoder only
 
-Same batches for every method (mixed batches: every task in every step), 2, 4 and 8 tasks; one
+Every config of ``configs/weighting/`` (gradient methods on the shared representation and, with
+the tiny encoder, on the parameters). Same batches for every method (mixed batches: every task
+in every step), 2, 4 and 8 tasks; one
 step = forward, the method, backward, optimizer step. Methods are timed in interleaved rounds and
 the fastest round is kept (a new method order every round; the minimum is the estimate least
 disturbed by other load on the machine). Writes
@@ -13,6 +15,7 @@ disturbed by other load on the machine). Writes
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 
@@ -24,42 +27,34 @@ from mtlkit.model import HFEncoder, MultiTaskModule
 from mtlkit.paths import MINILM
 from mtlkit.tasks import SequenceClassification
 from mtlkit.testing import TINY_ENCODER
-from mtlkit.weighting import (
-    FAMO,
-    DynamicWeightAverage,
-    EqualWeighting,
-    GradientWeighting,
-    GradNorm,
-    RandomLossWeighting,
-    UncertaintyWeighting,
-    Weighting,
-)
-from mtlkit.weighting.gradient import IMTLG, MGDAUB, AlignedMTL, CAGrad, PCGrad, UPGrad
+from mtlkit.testing.methods import weighting_methods
+from mtlkit.weighting import Weighting
 
 TINY = TINY_ENCODER
+#: Task names: the quickstart's first, which the shipped static and uncertainty configs name.
+TASK_NAMES = ["trec", "sentiment", "bbc_topic", *(f"t{i}" for i in range(3, 8))]
+#: Kinds that are not "loss" (loss-level methods) or "representation" / "parameters" (gradient
+#: methods, one row each); the kind decides the target.
+KINDS = {"equal": "baseline", "gradnorm": "gradnorm"}
 
-#: name -> (kind, factory); kind decides the target.
-METHODS: dict[str, tuple[str, Callable[[], Weighting]]] = {
-    "equal": ("baseline", EqualWeighting),
-    "uncertainty": ("loss", UncertaintyWeighting),
-    "dwa": ("loss", DynamicWeightAverage),
-    "rlw": ("loss", RandomLossWeighting),
-    "famo": ("loss", FAMO),
-    "gradnorm": ("gradnorm", GradNorm),
-    **{
-        f"{name}/rep": ("representation", lambda a=agg: GradientWeighting(a(), "representation"))
-        for name, agg in [
-            ("pcgrad", PCGrad),
-            ("cagrad", CAGrad),
-            ("mgda", MGDAUB),
-            ("imtl_g", IMTLG),
-            ("aligned_mtl", AlignedMTL),
-            ("upgrad", UPGrad),
-        ]
-    },
-    "pcgrad/params": ("parameters", lambda: GradientWeighting(PCGrad(), "parameters")),
-    "mgda/params": ("parameters", lambda: GradientWeighting(MGDAUB(), "parameters")),
-}
+
+def _methods() -> dict[str, tuple[str, Callable[[], Weighting]]]:
+    """Row name -> (kind, factory): every config of ``configs/weighting/``, gradient methods once
+    on the shared representation and once on the parameters (tiny encoder only)."""
+    rows: dict[str, tuple[str, Callable[[], Weighting]]] = {}
+    for name, method in weighting_methods().items():
+        if not method.is_gradient_method:
+            rows[name] = (KINDS.get(name, "loss"), method.build)
+            continue
+        for works_on, suffix in (("representation", "rep"), ("parameters", "params")):
+            build = functools.partial(method.build, works_on=works_on)
+            rows[f"{name}/{suffix}"] = (works_on, build)
+    order = ["baseline", "loss", "gradnorm", "representation", "parameters"]
+    return dict(sorted(rows.items(), key=lambda row: (order.index(row[1][0]), row[0])))
+
+
+#: name -> (kind, factory).
+METHODS = _methods()
 TARGETS = {"loss": 1.05, "gradnorm": 1.3, "representation": 1.5}
 
 
@@ -68,7 +63,7 @@ def make_batch(tasks: int, per_task: int, length: int, vocab: int, seed: int = 0
     subs = {}
     for t in range(tasks):
         ids = torch.randint(5, vocab, (per_task, length), generator=g)
-        subs[f"t{t}"] = {
+        subs[TASK_NAMES[t]] = {
             "input_ids": ids,
             "attention_mask": torch.ones_like(ids),
             "labels": torch.randint(0, 2, (per_task,), generator=g),
@@ -79,7 +74,7 @@ def make_batch(tasks: int, per_task: int, length: int, vocab: int, seed: int = 0
 def build(encoder: Callable[[], HFEncoder], tasks: int, method: Weighting) -> MultiTaskModule:
     specs = [
         SequenceClassification(
-            f"t{t}", InMemory({"train": {"text": ["x"], "label": [0]}}), num_labels=2
+            TASK_NAMES[t], InMemory({"train": {"text": ["x"], "label": [0]}}), num_labels=2
         )
         for t in range(tasks)
     ]
