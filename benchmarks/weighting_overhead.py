@@ -5,10 +5,9 @@
 
 Every config of ``configs/weighting/`` (gradient methods on the shared representation and, with
 the tiny encoder, on the parameters). Same batches for every method (mixed batches: every task
-in every step), 2, 4 and 8 tasks; one
-step = forward, the method, backward, optimizer step. Methods are timed in interleaved rounds and
-the fastest round is kept (a new method order every round; the minimum is the estimate least
-disturbed by other load on the machine). Writes
+in every step), 2, 4 and 8 tasks; one step = forward, the method, backward, optimizer step.
+Methods are timed in interleaved rounds and the fastest round is kept (a new method order every
+round; the minimum is the estimate least disturbed by other load on the machine). Writes
 ``benchmarks/results/weighting_overhead.{json,md}``.
 """
 
