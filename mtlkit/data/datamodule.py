@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ from mtlkit.data.batching import (
     MultiTaskCollator,
     MultiTaskDataset,
 )
+from mtlkit.data.checks import check_counts, check_max_length, position_limit, warn_repeated_rows
 from mtlkit.data.sampling import Proportional, SamplingStrategy
-from mtlkit.errors import ConfigError, DataError, DataWarning
+from mtlkit.errors import ConfigError, DataError
 from mtlkit.paths import resolve_path
 from mtlkit.tasks.base import Task
 
@@ -74,7 +74,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             raise ConfigError(f"duplicate task names {dupes}: every task needs its own name")
         if batch_mode not in ("homogeneous", "mixed"):
             raise ConfigError(f"batch_mode must be 'homogeneous' or 'mixed', got {batch_mode!r}")
-        _check_counts(
+        check_counts(
             batch_size=(batch_size, 1),
             eval_batch_size=(eval_batch_size, 1),
             steps_per_epoch=(steps_per_epoch, 1),
@@ -125,19 +125,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         module = self.trainer.lightning_module if self.trainer is not None else None
         limit = position_limit(getattr(module, "encoder", None))
         for task in self.tasks:
-            pair = task.text_pair_column is not None
-            special = self.tokenizer.num_special_tokens_to_add(pair=pair)
-            if task.max_length <= special:
-                raise ConfigError(
-                    f"task {task.name!r}: max_length {task.max_length} leaves no room for text: "
-                    f"the tokenizer adds {special} special tokens to each "
-                    f"{'pair' if pair else 'text'}; use at least {special + 1}"
-                )
-            if limit is not None and task.max_length > limit:
-                raise ConfigError(
-                    f"task {task.name!r}: max_length {task.max_length} is more than the "
-                    f"encoder's {limit} positions; set max_length <= {limit}"
-                )
+            check_max_length(task, self.tokenizer, limit)
 
     def _prepare_task(self, task: Task) -> dict[str, Dataset]:
         raw = task.load()
@@ -185,7 +173,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         rank, world = self._world()
         sizes = [len(self.splits[n]["train"]) for n in self.task_names]
         steps = self.steps_per_epoch or max(1, math.ceil(sum(sizes) / (self.batch_size * world)))
-        self._warn_repeated_rows(sizes, world)
+        warn_repeated_rows(
+            self.task_names, sizes, self.sampling, self.batch_mode, self.batch_size, world
+        )
         lengths = None
         if self.group_by_length:
             lengths = [np.asarray(self.splits[n]["train"]["length"]) for n in self.task_names]
@@ -202,21 +192,6 @@ class MultiTaskDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
         )
-
-    def _warn_repeated_rows(self, sizes: list[int], world: int) -> None:
-        """Warns when one step draws more rows of a task than its train split has."""
-        total = self.batch_size * world
-        probs = self.sampling.probabilities(sizes, 0.0)
-        for name, size, p in zip(self.task_names, sizes, probs, strict=True):
-            drawn = total if self.batch_mode == "homogeneous" else round(p * total)
-            if drawn > size:
-                warnings.warn(
-                    f"task {name!r}: a step draws {drawn} examples (batch_size "
-                    f"{self.batch_size}) but its train split has only {size}: every step "
-                    "repeats rows; lower batch_size or add data",
-                    DataWarning,
-                    stacklevel=2,
-                )
 
     def _total_steps(self, steps_per_epoch: int) -> int:
         trainer = self.trainer
@@ -283,31 +258,6 @@ class MultiTaskDataModule(L.LightningDataModule):
             self._pending_state = state_dict["sampler"]
         else:
             self.train_sampler.load_state_dict(state_dict["sampler"])
-
-
-def _check_counts(**values: tuple[int | None, int]) -> None:
-    """Each named count is unset or an integer of at least its minimum."""
-    for name, (value, least) in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            unset = " (or unset, for one pass over the data)" if name == "steps_per_epoch" else ""
-            raise ConfigError(f"{name} must be an integer >= {least}{unset}, got {value!r}")
-
-
-# Position ids of these models start after the padding index (fairseq's convention).
-_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart"}
-
-
-def position_limit(encoder: Any) -> int | None:
-    """The longest input an encoder's position embeddings take (``None`` when unknown)."""
-    config = getattr(getattr(encoder, "model", None), "config", None)
-    limit = getattr(config, "max_position_embeddings", None)
-    if not isinstance(limit, int) or limit <= 0:
-        return None
-    if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
-        limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1
-    return limit
 
 
 def _tokenizer_key(tokenizer: PreTrainedTokenizerBase) -> str:

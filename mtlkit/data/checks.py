@@ -1,0 +1,93 @@
+"""Checks of the data module's settings against the data, the tokenizer and the encoder, run
+while the data is prepared (before the first training step)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from mtlkit.data.sampling import SamplingStrategy
+from mtlkit.errors import ConfigError, DataWarning
+from mtlkit.tasks.base import Task
+
+# Position ids of these models start after the padding index (fairseq's convention), so
+# ``max_position_embeddings`` counts ``pad_token_id + 1`` positions no input can use.
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
+
+
+def check_counts(**values: tuple[int | None, int]) -> None:
+    """Each named count is unset or an integer of at least its minimum.
+
+    Args:
+        **values: Name to ``(value, minimum)``.
+    """
+    for name, (value, least) in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            unset = " (or unset, for one pass over the data)" if name == "steps_per_epoch" else ""
+            raise ConfigError(f"{name} must be an integer >= {least}{unset}, got {value!r}")
+
+
+def position_limit(encoder: Any) -> int | None:
+    """The longest input an encoder's position embeddings take (``None`` when unknown)."""
+    config = getattr(getattr(encoder, "model", None), "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
+        limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    return limit
+
+
+def check_max_length(task: Task, tokenizer: PreTrainedTokenizerBase, limit: int | None) -> None:
+    """``max_length`` leaves room for text after the special tokens and fits ``limit``."""
+    pair = task.text_pair_column is not None
+    special = tokenizer.num_special_tokens_to_add(pair=pair)
+    if task.max_length <= special:
+        raise ConfigError(
+            f"task {task.name!r}: max_length {task.max_length} leaves no room for text: "
+            f"the tokenizer adds {special} special tokens to each "
+            f"{'pair' if pair else 'text'}; use at least {special + 1}"
+        )
+    if limit is not None and task.max_length > limit:
+        raise ConfigError(
+            f"task {task.name!r}: max_length {task.max_length} is more than the "
+            f"encoder's {limit} positions; set max_length <= {limit}"
+        )
+
+
+def warn_repeated_rows(
+    names: Sequence[str],
+    sizes: Sequence[int],
+    sampling: SamplingStrategy,
+    batch_mode: str,
+    batch_size: int,
+    world_size: int = 1,
+) -> None:
+    """Warns when one step draws more rows of a task than its train split has.
+
+    Args:
+        names: Task names.
+        sizes: Train examples per task.
+        sampling: The task sampling (mixed batches split a step by its probabilities).
+        batch_mode: ``homogeneous`` or ``mixed``.
+        batch_size: Examples per step and process.
+        world_size: Number of processes.
+    """
+    per_step = batch_size * world_size
+    processes = f" x {world_size} processes" if world_size > 1 else ""
+    probs = sampling.probabilities(sizes, 0.0)
+    for name, size, p in zip(names, sizes, probs, strict=True):
+        drawn = per_step if batch_mode == "homogeneous" else round(p * per_step)
+        if drawn > size:
+            warnings.warn(
+                f"task {name!r}: a step draws {drawn} examples (batch_size {batch_size}"
+                f"{processes}) but its train split has only {size}: every step repeats rows; "
+                "lower batch_size or add data",
+                DataWarning,
+                stacklevel=3,
+            )
