@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import lightning as L
 
+from mtlkit.run_folder import log_dir
+
 
 class ValidationTable(L.Callback):
     """Prints a per-task table of the last validation metrics and names the run directory."""
@@ -19,8 +21,12 @@ class ValidationTable(L.Callback):
 
 
 def run_directory(trainer: L.Trainer) -> str:
-    """Where this run's logs and checkpoints are."""
-    return str(trainer.log_dir or trainer.default_root_dir)
+    """Where this run's logs and checkpoints are.
+
+    Asked by rank 0 alone: ``trainer.log_dir`` broadcasts, a collective that the other
+    processes would never join (under DDP the run crashed at its very end).
+    """
+    return log_dir(trainer)
 
 
 def metric_rows(metrics: dict, split: str) -> dict[str, dict[str, float]]:

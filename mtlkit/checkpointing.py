@@ -5,6 +5,10 @@ Two pieces, both installed by default by the ``mtlkit`` CLI:
 * :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file in the target's folder,
   flushes and ``fsync``s it, then ``os.replace``s it over the target. A run killed while saving
   (even with ``SIGKILL``) leaves the previous ``last.ckpt`` intact, never a truncated one.
+  The written file is read back (its zip records and their CRCs) before it replaces the target,
+  and a checkpoint whose model or optimizer tensors are not finite is refused: ``last.ckpt`` is
+  always the last complete, finite state. Reading a damaged checkpoint raises
+  :class:`CheckpointError`, which names the newest intact checkpoint next to it.
 * :class:`RNGState` stores the Python, NumPy and torch (and CUDA) random states in every
   checkpoint and puts them back just before the first training step after a resume, so dropout
   masks and any other global draws continue exactly as in an uninterrupted run.
@@ -29,7 +33,11 @@ import contextlib
 import glob
 import os
 import random
+import re
 import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -38,7 +46,20 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "RNGState", "atomic_torch_save"]
+from mtlkit.errors import MtlkitError
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "RNGState",
+    "atomic_torch_save",
+    "damage",
+    "newest_intact",
+]
+
+
+class CheckpointError(MtlkitError, RuntimeError):
+    """A checkpoint cannot be written (non-finite state) or read (missing, damaged)."""
 
 
 def _is_local(path: _PATH) -> bool:
@@ -62,20 +83,115 @@ def _temp_prefix(path: str) -> str:
     return f".{os.path.basename(path)}."
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temporaries(folder: str, prefix: str) -> None:
+    """Removes temporary files of killed writes; a live process's file (``pid<N>`` in its name,
+    N alive) is another writer's, in the middle of its write, and stays."""
+    for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(prefix) + "*.tmp")):
+        owner = re.match(r"pid(\d+)\.", os.path.basename(stale)[len(prefix) :])
+        if owner and pid_alive(int(owner.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(stale)
+
+
+def damage(path: _PATH) -> str | None:
+    """Why ``path`` is not a complete checkpoint file (``None`` if it is one).
+
+    Reads the zip records ``torch.save`` writes and checks their CRCs: a truncated file, random
+    bytes or a flipped bit is found without unpickling anything.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+                return "it holds no torch data record"
+            bad = archive.testzip()
+            if bad is not None:
+                return f"record {bad!r} fails its CRC check"
+    except FileNotFoundError:
+        return "it does not exist"
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return f"it is truncated or not a checkpoint file ({err})"
+    return None
+
+
+def _checkpoints_newest_first(folder: Path) -> Iterator[Path]:
+    files = [p for p in folder.glob("*.ckpt") if p.is_file()]
+    yield from sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def newest_intact(folder: _PATH, exclude: _PATH | None = None) -> Path | None:
+    """The most recently written intact ``*.ckpt`` in ``folder`` (other than ``exclude``)."""
+    folder = Path(str(folder))
+    skip = Path(str(exclude)).resolve() if exclude is not None else None
+    if not folder.is_dir():
+        return None
+    for candidate in _checkpoints_newest_first(folder):
+        if candidate.resolve() != skip and damage(candidate) is None:
+            return candidate
+    return None
+
+
+def damaged_checkpoint_message(path: _PATH, reason: str) -> str:
+    """One message: the damaged file, why, and what to resume from instead."""
+    folder = os.path.dirname(str(path)) or "."  # as the user wrote it: paths they can paste
+    other = newest_intact(folder, exclude=path)
+    hint = (
+        f"the newest intact checkpoint there is {other}: resume with --ckpt_path {other}"
+        if other is not None
+        else f"there is no intact checkpoint in {folder}: train afresh (no --ckpt_path)"
+    )
+    if not os.path.exists(str(path)):
+        return f"checkpoint {path} does not exist; {hint}"
+    return f"checkpoint {path} is damaged: {reason}; {hint}"
+
+
+def _float_tensors(obj: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if torch.is_tensor(obj):
+        if obj.is_floating_point() or obj.is_complex():
+            yield name, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _float_tensors(value, f"{name}.{key}" if name else str(key))
+    elif isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            yield from _float_tensors(value, f"{name}[{i}]")
+
+
+def nonfinite_tensors(checkpoint: dict[str, Any]) -> list[str]:
+    """Names of the model and optimizer tensors holding NaN or inf.
+
+    Only the training state is checked: callbacks may keep infinities on purpose (the
+    ``kth_value`` of a ``ModelCheckpoint`` starts at inf).
+    """
+    parts = {k: checkpoint[k] for k in ("state_dict", "optimizer_states") if k in checkpoint}
+    return [n for n, t in _float_tensors(parts, "") if not bool(torch.isfinite(t).all())]
+
+
 def atomic_torch_save(obj: Any, path: _PATH) -> None:
     """``torch.save`` to ``path`` through a temporary file, ``fsync`` and ``os.replace``.
 
     Either the complete new file or the previous file (if any) is at ``path`` afterwards, whatever
-    happens during the write. Temporary files left by an earlier killed write are removed.
+    happens during the write: the new file replaces the old one only once it has been read back
+    intact. Temporary files left by an earlier killed write are removed (never those of a
+    concurrent writer that is still running).
     """
     path = str(path).removeprefix("file://")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     prefix = _temp_prefix(path)
-    for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(prefix) + "*.tmp")):
-        with contextlib.suppress(OSError):
-            os.unlink(stale)
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+    _remove_stale_temporaries(folder, prefix)
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}pid{os.getpid()}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -86,6 +202,12 @@ def atomic_torch_save(obj: Any, path: _PATH) -> None:
         os.umask(umask)
         with contextlib.suppress(OSError):
             os.chmod(tmp, 0o666 & ~umask)
+        reason = damage(tmp)
+        if reason is not None:
+            raise CheckpointError(
+                f"the checkpoint written for {path} does not read back ({reason}); "
+                "the previous file is kept"
+            )
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -97,16 +219,42 @@ def atomic_torch_save(obj: Any, path: _PATH) -> None:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning ``CheckpointIO`` whose local writes are atomic and durable.
 
-    Remote (fsspec URL) paths fall back to Lightning's own saving.
+    Remote (fsspec URL) paths fall back to Lightning's own saving. A checkpoint whose model or
+    optimizer tensors are not finite is never written (the previous file stays), and reading a
+    missing or damaged file raises one :class:`CheckpointError` naming it and the newest intact
+    checkpoint next to it.
     """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
     ) -> None:
+        bad = nonfinite_tensors(checkpoint)
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise CheckpointError(
+                f"refusing to write {path}: {len(bad)} tensor(s) hold NaN or inf ({shown}); the "
+                "previous checkpoint is kept. The training state diverged: lower the learning "
+                "rate or check the loss weights and targets"
+            )
         if storage_options is not None or not _is_local(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if not _is_local(path):
+            return super().load_checkpoint(path, *args, **kwargs)
+        local = str(path).removeprefix("file://")
+        reason = damage(local)
+        if reason is None:
+            try:
+                return super().load_checkpoint(path, *args, **kwargs)
+            except (RuntimeError, EOFError, OSError) as err:  # intact zip, unreadable contents
+                if isinstance(err, CheckpointError):
+                    raise
+                reason = f"its contents do not load ({type(err).__name__})"
+        # ``from None``: torch's own message for such files suggests weights_only=False.
+        raise CheckpointError(damaged_checkpoint_message(local, reason)) from None
 
 
 def _collect() -> dict[str, Any]:

@@ -17,6 +17,7 @@ from mtlkit.checkpointing import AtomicCheckpointIO, RNGState
 from mtlkit.data.datamodule import MultiTaskDataModule
 from mtlkit.errors import ConfigError
 from mtlkit.model.module import MultiTaskModule
+from mtlkit.run_folder import RunFolderLock, resolve_last
 
 
 def _tasks_of(datamodule: MultiTaskDataModule) -> list:
@@ -56,9 +57,20 @@ class MtlkitCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not any(isinstance(c, RNGState) for c in trainer.callbacks):
             trainer.callbacks.insert(0, RNGState())  # before ModelCheckpoint
+        # One run per folder: locked before anything (config.yaml included) is written there.
+        trainer.callbacks.insert(0, RunFolderLock())
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+    def _resolve_ckpt_path(self) -> None:
+        """``--ckpt_path last`` becomes the newest last checkpoint, or an error: a run asked to
+        resume never trains from step 0 (Lightning only warns and starts afresh)."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            config["ckpt_path"] = resolve_last(self.trainer)
+
+    before_fit = before_validate = before_test = before_predict = _resolve_ckpt_path
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> MtlkitCLI:

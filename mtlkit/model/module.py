@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, DataError, MtlkitError
 from mtlkit.model.distributed import global_mean_losses
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.param_groups import encoder_param_groups
@@ -26,6 +26,12 @@ from mtlkit.weighting import EqualWeighting, StepContext, Weighting
 
 SchedulerCallable = Callable[[Optimizer, int], LRScheduler]
 TaskOutput = dict[str, Tensor]
+#: The skipped-step fraction limit applies from this many training steps on (1 of 4 is no trend).
+MIN_STEPS_FOR_SKIP_FRACTION = 20
+
+
+class NonFiniteError(MtlkitError, FloatingPointError):
+    """Training produced NaN/inf (loss, task weights or parameters) or diverged."""
 
 
 class MultiTaskModule(L.LightningModule):
@@ -43,7 +49,14 @@ class MultiTaskModule(L.LightningModule):
         head_lr: Learning rate of the heads (default: the optimizer's).
         on_nonfinite_loss: ``raise`` stops training with an error naming the task(s) and step;
             ``skip`` logs a warning and skips that step (no update; single-process only, since
-            the other DDP processes would wait for this one's gradients).
+            the other DDP processes would wait for this one's gradients). Skipped steps are
+            listed at the end of training.
+        max_consecutive_skips: With ``skip``: more skipped steps in a row than this stop the run.
+        max_skipped_fraction: With ``skip``: more skipped steps than this fraction of the steps
+            so far stop the run (checked from step 20 on).
+        max_param_norm_growth: An optimizer step that multiplies the parameters' total norm by
+            more than this (or makes it non-finite) stops the run as diverged, before the
+            parameters are checkpointed. ``None`` checks finiteness only.
         init_from: A mtlkit checkpoint (``.ckpt``) or exported folder whose shared encoder is
             loaded into this model once its heads are built (model-based transfer); what was
             loaded, freshly initialised and skipped is printed.
@@ -68,6 +81,9 @@ class MultiTaskModule(L.LightningModule):
         init_from: str | None = None,
         init_heads: list[str] | dict[str, str] | None = None,
         layer_lr_decay: float | None = None,
+        max_consecutive_skips: int = 3,
+        max_skipped_fraction: float = 0.05,
+        max_param_norm_growth: float | None = 10.0,
     ) -> None:
         super().__init__()
         if on_nonfinite_loss not in ("raise", "skip"):
@@ -90,6 +106,22 @@ class MultiTaskModule(L.LightningModule):
         self.pooling, self.dropout = pooling, dropout
         self.optimizer_fn, self.scheduler_fn, self.head_lr = optimizer, lr_scheduler, head_lr
         self.on_nonfinite_loss = on_nonfinite_loss
+        if max_consecutive_skips < 0 or not 0.0 <= max_skipped_fraction <= 1.0:
+            raise ConfigError(
+                "max_consecutive_skips must be >= 0 and max_skipped_fraction in [0, 1], got "
+                f"{max_consecutive_skips} and {max_skipped_fraction}"
+            )
+        if max_param_norm_growth is not None and not max_param_norm_growth > 1.0:
+            raise ConfigError(f"max_param_norm_growth must be > 1, got {max_param_norm_growth}")
+        self.max_consecutive_skips, self.max_skipped_fraction = (
+            max_consecutive_skips,
+            max_skipped_fraction,
+        )
+        self.max_param_norm_growth = max_param_norm_growth
+        self._skipped: list[int] = []
+        self._attempted_steps = self._consecutive_skips = 0
+        self._param_norm: Tensor | None = None  # total parameter norm after the last step
+        self._pending_check: tuple[Tensor, Any] | None = None  # weights flag, checked post-step
         if layer_lr_decay is not None and not 0.0 < layer_lr_decay <= 1.0:
             raise ConfigError(f"layer_lr_decay must be in (0, 1], got {layer_lr_decay}")
         if init_heads and init_from is None:
@@ -201,6 +233,7 @@ class MultiTaskModule(L.LightningModule):
     # ----------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         subs = batch["tasks"]
+        self._attempted_steps += 1
         outputs = self(subs)
         losses = self.task_losses(outputs, subs)
         if not self._finite(losses):
@@ -218,6 +251,9 @@ class MultiTaskModule(L.LightningModule):
             all_reduce_mean=self._all_reduce_mean,
         )
         combined = self.weighting(losses, ctx)
+        if not self._weights_finite(combined):
+            return None  # skipped step (on_nonfinite_loss="skip")
+        self._consecutive_skips = 0
         self.last_step = (losses, ctx)  # read by callbacks before backward (diagnostics)
         n_examples = sum(int(s["input_ids"].shape[0]) for s in subs.values())
         for name, loss in losses.items():
@@ -246,6 +282,14 @@ class MultiTaskModule(L.LightningModule):
         return float(scaler.get_scale()) if scaler is not None else 1.0
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        check = self._checks_parameters()
+        if check and self._param_norm is None:
+            self._param_norm = self._total_norm()
+        self._scaled_optimizer_step(*args, **kwargs)
+        if check:
+            self._check_step()
+
+    def _scaled_optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         scaler = self._scaler()
         if scaler is None:
             return super().optimizer_step(*args, **kwargs)
@@ -279,16 +323,118 @@ class MultiTaskModule(L.LightningModule):
         if bool(torch.isfinite(torch.stack([v.detach().float() for v in losses.values()])).all()):
             return True
         bad = [n for n, loss in losses.items() if not torch.isfinite(loss)]
-        message = (
+        return self._skip_or_raise(
             f"non-finite loss for task(s) {bad} at step {self.global_step}; "
             "lower the learning rate or check the targets"
         )
-        if self.on_nonfinite_loss == "raise" or (
-            self._trainer is not None and self.trainer.world_size > 1
+
+    def _weights_finite(self, combined: Any) -> bool:
+        """The weighting method's output: its weights and the combined loss must be finite.
+
+        With ``raise``, the check joins the post-step parameter check (one sync per step for
+        both); with ``skip`` it must decide now, before the update.
+        """
+        values = [combined.loss.detach().float().reshape(1)]
+        values += [
+            torch.as_tensor(w).detach().float().reshape(-1) for w in combined.weights.values()
+        ]
+        flag = ~torch.isfinite(torch.cat([v.to(values[0].device) for v in values])).all()
+        weights = {n: torch.as_tensor(w).detach() for n, w in combined.weights.items()}
+        seen = (weights, combined.loss.detach())
+        if self.on_nonfinite_loss == "skip" and not self._is_distributed():
+            return not bool(flag) or self._skip_or_raise(self._weights_message(*seen))
+        self._pending_check = (flag, seen)
+        return True
+
+    def _weights_message(self, weights: dict[str, Tensor], loss: Tensor) -> str:
+        shown = {n: round(float(w), 6) for n, w in weights.items()}
+        return (
+            f"non-finite weighted loss at step {self.global_step}: "
+            f"{type(self.weighting).__name__} gave task weights {shown} and combined loss "
+            f"{float(loss)}; check the weighting method's settings (e.g. "
+            "StaticWeighting's weights)"
+        )
+
+    def _is_distributed(self) -> bool:
+        return self._trainer is not None and self.trainer.world_size > 1
+
+    def _skip_or_raise(self, message: str) -> bool:
+        """Raises, or counts a skipped step (and raises once skips pass their limits)."""
+        if self.on_nonfinite_loss == "raise" or self._is_distributed():
+            raise NonFiniteError(message)
+        self._skipped.append(self.global_step)
+        self._consecutive_skips += 1
+        skipped, attempted = len(self._skipped), self._attempted_steps
+        if self._consecutive_skips > self.max_consecutive_skips:
+            raise NonFiniteError(
+                f"{message}; {self._consecutive_skips} steps in a row were skipped (more than "
+                f"max_consecutive_skips={self.max_consecutive_skips}): the run diverged"
+            )
+        if (
+            attempted >= MIN_STEPS_FOR_SKIP_FRACTION
+            and skipped > self.max_skipped_fraction * attempted
         ):
-            raise FloatingPointError(message)
+            raise NonFiniteError(
+                f"{message}; {skipped} of {attempted} steps were skipped (more than "
+                f"max_skipped_fraction={self.max_skipped_fraction}): the run diverged"
+            )
         rank_zero_warn(message + " (step skipped)")
         return False
+
+    def on_train_end(self) -> None:
+        if self._skipped:
+            shown = self._skipped[:20]
+            rank_zero_warn(
+                f"{len(self._skipped)} of {self._attempted_steps} training steps were skipped "
+                f"for non-finite losses (on_nonfinite_loss: skip), at step(s) {shown}"
+                + (" ..." if len(self._skipped) > len(shown) else "")
+            )
+
+    # ------------------------------------------------------- step safety
+    def _checks_parameters(self) -> bool:
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        # Sharded strategies hold flat or partitioned parameters: their norms are per shard.
+        return not isinstance(strategy, FSDPStrategy | DeepSpeedStrategy | ModelParallelStrategy)
+
+    def _total_norm(self) -> Tensor:
+        params = [p.detach() for p in self.parameters() if p.is_floating_point()]
+        return torch.nn.utils.get_total_norm(params, norm_type=2.0).float()
+
+    def _check_step(self) -> None:
+        """After the optimizer step, before anything (a checkpoint) reads the parameters: stops
+        on non-finite weights or parameters, or a step that multiplied the parameters' norm.
+
+        One device-to-host sync for all of it (plus one scalar all-reduce across processes).
+        """
+        before, after = self._param_norm, self._total_norm()
+        pending, self._pending_check = self._pending_check, None
+        flags = [~torch.isfinite(after)]
+        if self.max_param_norm_growth is not None and before is not None:
+            flags.append(after > self.max_param_norm_growth * before.clamp(min=1.0))
+        flags.append(pending[0] if pending is not None else torch.zeros((), dtype=torch.bool))
+        state = torch.stack([f.to(after.device) for f in flags]).float()
+        if self._is_distributed():
+            state = self.trainer.strategy.reduce(state, reduce_op="sum")
+        bad = [bool(v > 0) for v in state.tolist()]
+        self._param_norm = after
+        if not any(bad):
+            return
+        step, new = self.global_step, float(after)
+        if bad[-1]:
+            message = self._weights_message(*pending[1])
+        elif bad[0]:
+            message = f"the parameters became non-finite in the optimizer step at step {step}"
+        else:
+            old = float(before) if before is not None else 0.0
+            message = (
+                f"the optimizer step at step {step} multiplied the parameters' norm by "
+                f"{new / max(old, 1.0):.3g} ({old:.4g} -> {new:.4g}; limit "
+                f"max_param_norm_growth={self.max_param_norm_growth}): training diverged"
+            )
+        raise NonFiniteError(
+            f"{message}; lower the learning rate (or clip gradients: trainer.gradient_clip_val). "
+            "Training stopped before this step's parameters were checkpointed"
+        )
 
     # --------------------------------------------------------- evaluation
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
@@ -373,6 +519,7 @@ class MultiTaskModule(L.LightningModule):
             )
         for name, state in saved.items():
             if name in self.tasks:
+                _check_label_names(name, state, self.tasks[name].head_state())
                 self.tasks[name].load_head_state(state)
         self.configure_model()
         # A checkpoint of another architecture (hidden size, vocabulary, ...) fails here with the
@@ -389,3 +536,15 @@ class MultiTaskModule(L.LightningModule):
                     f"model's has {tuple(own[key].shape)}: the checkpoint is from a different "
                     "architecture (encoder config, labels)"
                 )
+
+
+def _check_label_names(task: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """A checkpoint's label names must be the data's (same names, same order): otherwise every
+    prediction and export would carry the wrong names."""
+    old, new = saved.get("label_names"), current.get("label_names")
+    if old is not None and new is not None and list(old) != list(new):
+        raise DataError(
+            f"task {task!r}: the checkpoint's labels {list(old)} differ from the data's "
+            f"{list(new)} (same task name, other classes or order); resume only with the data "
+            "the checkpoint was trained on"
+        )

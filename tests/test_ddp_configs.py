@@ -1,0 +1,118 @@
+"""The shipped configs, with the callbacks they ship, run under DDP on 2 CPU processes (gloo).
+
+``tests/test_ddp.py`` drives its own worker; here the real ``mtlkit fit`` command runs each shipped
+config that can run on a CPU in seconds: the tiny config, the quickstart's trainer (its logger and
+every callback: checkpoints, learning-rate monitor, ``ValidationTable``, gradient diagnostics)
+on the tiny encoder and data, and the transfer regimes' callbacks. ``ValidationTable`` used to ask
+``trainer.log_dir`` on rank 0 only, a broadcast the other process never joined: the quickstart
+crashed at the end of training under DDP.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import toy_texts
+
+ROOT = Path(__file__).resolve().parents[1]
+MTLKIT = Path(sys.executable).with_name("mtlkit")
+TINY = str(ROOT / "configs/tiny/tiny.yaml")
+DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+FAST = ["--trainer.max_steps=4", "--trainer.limit_val_batches=2"]
+REGIMES = [
+    str(ROOT / "configs/transfer/regimes" / name)
+    for name in ("gradual_unfreeze.yaml", "l2sp.yaml", "early_stopping.yaml")
+]
+
+
+def _data() -> dict:
+    """tiny.yaml's tasks with enough rows for 2 processes (its validation split, carved from 8
+    training rows, is 1 row: the second process would get no validation batch)."""
+    texts, labels = toy_texts(48)
+    trec = {"text": texts, "label": [i % 3 for i in range(48)]}
+    sentiment = {"text": texts, "label": [float(v) for v in labels]}
+    tasks = [
+        ("mtlkit.tasks.SequenceClassification", "trec", trec, {"num_labels": 3}),
+        ("mtlkit.tasks.Regression", "sentiment", sentiment, {}),
+    ]
+    return {
+        "data": {
+            "init_args": {
+                "tasks": [
+                    {
+                        "class_path": cls,
+                        "init_args": {
+                            "name": name,
+                            **extra,
+                            "source": {
+                                "class_path": "mtlkit.data.InMemory",
+                                "init_args": {
+                                    "splits": {
+                                        "train": {k: v[:40] for k, v in rows.items()},
+                                        "validation": {k: v[40:] for k, v in rows.items()},
+                                    }
+                                },
+                            },
+                        },
+                    }
+                    for cls, name, rows, extra in tasks
+                ]
+            }
+        }
+    }
+
+
+def _quickstart_trainer() -> dict:
+    """The quickstart's trainer section (logger and callbacks), with per-step intervals."""
+    trainer = yaml.safe_load((ROOT / "configs/quickstart.yaml").read_text())["trainer"]
+    for callback in trainer["callbacks"]:
+        args = callback.setdefault("init_args", {})
+        for key in ("every_n_train_steps", "every_n_steps"):
+            if key in args:
+                args[key] = 2
+    trainer.update(enable_checkpointing=True, log_every_n_steps=1, max_epochs=None)
+    return {"trainer": trainer}
+
+
+def _fit(tmp_path: Path, port: int, *configs: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MASTER_PORT": str(port),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    data = tmp_path / "tiny_data.yaml"
+    data.write_text(yaml.safe_dump(_data()))
+    args = [a for c in (str(data), *configs) for a in ("--config", c)]
+    cmd = [str(MTLKIT), "fit", "--config", TINY, *args, *DDP, *FAST]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_tiny_config_under_ddp(tmp_path):
+    proc = _fit(tmp_path, 29601)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_quickstart_callbacks_under_ddp(tmp_path):
+    override = tmp_path / "quickstart_trainer.yaml"
+    override.write_text(yaml.safe_dump(_quickstart_trainer()))
+    proc = _fit(tmp_path, 29602, str(override))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "val metrics per task" in out and "Run directory: runs/quickstart/version_0" in out
+    assert (tmp_path / "runs/quickstart/checkpoints/last.ckpt").is_file()
+    assert not list(tmp_path.rglob("*.mtlkit-run.lock"))  # the run folder is released
+
+
+@pytest.mark.parametrize("regime", REGIMES, ids=lambda p: Path(p).stem)
+def test_regime_callbacks_under_ddp(tmp_path, regime):
+    port = 29603 + REGIMES.index(regime)
+    proc = _fit(tmp_path, port, regime, str(ROOT / "configs/transfer/regimes/early_stopping.yaml"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
