@@ -178,7 +178,8 @@ def test_whole_number_float_labels_are_class_ids(tmp_path):
 def test_single_class_task_is_refused_with_its_name(tmp_path):
     train = "text,label\ngood movie,pos\nbad film,pos\ngood day,pos\n"
     source = _files(tmp_path, train, "text,label\ngood film,pos\n")
-    with pytest.raises(DataError, match=r"task 'a': column 'label' has a single class \['pos'\]"):
+    message = r"task 'a': split 'train' column 'label' has a single class \['pos'\]"
+    with pytest.raises(DataError, match=message):
         _setup(_cls(source))
 
 

@@ -149,7 +149,7 @@ def require_two_classes(task: Any, column: str, names: list[str] | None, count: 
     if count < 2:
         seen = f" {names}" if names else ""
         raise DataError(
-            f"task {task.name!r}: column {column!r} has a single class{seen}; "
+            f"task {task.name!r}: split 'train' column {column!r} has a single class{seen}; "
             "classification needs at least 2 (check the label column and the files)"
         )
 
