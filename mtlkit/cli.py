@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -13,26 +14,53 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mtlkit import console
 from mtlkit.checkpointing import AtomicCheckpointIO, RNGState
 from mtlkit.data.datamodule import MultiTaskDataModule
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, MtlkitError
 from mtlkit.model.module import MultiTaskModule
 from mtlkit.run_folder import RunFolderLock, resolve_last
 
-
-def _tasks_of(datamodule: MultiTaskDataModule) -> list:
-    return datamodule.tasks
+#: Set by the console entry point :func:`main`: parse errors are raised (and printed by it as
+#: one line) instead of jsonargparse's usage dump and exit.
+_RAISE_PARSE_ERRORS: ContextVar[bool] = ContextVar("mtlkit_raise_parse_errors", default=False)
 
 
 class MtlkitCLI(LightningCLI):
     """``fit``/``validate``/``test``/``predict`` over YAML in ``class_path``/``init_args`` form."""
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        kwargs.setdefault("exit_on_error", not _RAISE_PARSE_ERRORS.get())
+        return super().init_parser(**kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The model receives the very task objects of the data module, so labels resolved while
         # the data is set up (num_labels from a ClassLabel, ...) reach the heads.
         parser.link_arguments(
-            "data", "model.init_args.tasks", compute_fn=_tasks_of, apply_on="instantiate"
+            "data", "model.init_args.tasks", compute_fn=self._tasks_of, apply_on="instantiate"
         )
+
+    def _tasks_of(self, datamodule: MultiTaskDataModule) -> list:
+        """The data module's tasks, for the model; in a run, the data is read and checked first.
+
+        The link is computed after the data module and before the model is built, so a data
+        error stops a run before the (pretrained) encoder is loaded. Only the plain data module:
+        a subclass may need the trainer to set up (``FeatureDataModule`` runs the encoder on
+        the trainer's device), so it is set up by the trainer as usual.
+        """
+        if getattr(self, "subcommand", None) and type(datamodule) is MultiTaskDataModule:
+            datamodule.setup("validate")  # tokenizer and every task's splits; no sampler yet
+        return datamodule.tasks
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            # jsonargparse wraps an error of a link's compute_fn (the data check above) in a
+            # ValueError quoting its arguments; the caller gets mtlkit's own error instead.
+            if isinstance(err.__cause__, MtlkitError) and str(err).startswith("Call to compute"):
+                raise err.__cause__ from None
+            raise
 
     def _parse_ckpt_path(self) -> None:
         """Keeps the config as given when ``--ckpt_path`` is passed.
@@ -89,16 +117,18 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MtlkitCLI:
     )
 
 
-def _read_inputs(path: Path) -> list[dict[str, str]]:
-    """Inputs of ``mtlkit predict``: ``.txt`` (one text per line) or ``.jsonl`` (``text`` and an
-    optional ``text_pair`` per line). Blank lines are skipped."""
+def _read_inputs(path: Path) -> list[dict[str, str] | None]:
+    """Inputs of ``mtlkit predict``, one per line: ``.txt`` (a text per line) or ``.jsonl``
+    (``text`` and an optional ``text_pair`` per line); ``None`` for a blank line, so that the
+    output's line ``i`` still answers the input's line ``i``."""
     if not path.is_file():
         raise ConfigError(f"input file {str(path)!r} does not exist")
     if path.suffix not in (".txt", ".jsonl"):
         raise ConfigError(f"input file {path} must be .txt (one text per line) or .jsonl")
-    items = []
+    items: list[dict[str, str] | None] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
+            items.append(None)
             continue
         if path.suffix == ".txt":
             items.append({"text": line})
@@ -121,27 +151,46 @@ def predict_exported(
     tasks: list[str] | None = None,
     batch_size: int = 32,
     device: str = "cpu",
-) -> int:
-    """``mtlkit predict --model DIR``: one JSON line per input with every task's prediction.
+) -> dict[str, Any]:
+    """``mtlkit predict --model DIR``: one JSON line per input line with every task's prediction.
+
+    Each row holds the input's ``line`` number, its ``text`` (and ``text_pair``) and
+    ``predictions`` (``{task: prediction}``); a blank input line gets a row with
+    ``"predictions": null``. A prediction of an input cut to the task's ``max_length`` holds
+    ``"truncated": true``.
 
     Returns:
-        The number of inputs written.
+        A summary: ``rows`` written, ``predicted`` inputs, ``blank`` line numbers and
+        ``truncated`` line numbers per task.
     """
     from mtlkit.inference import ExportedModel
 
     items = _read_inputs(Path(input_path))
+    given = [item for item in items if item is not None]
     try:
         model = ExportedModel.from_folder(model_dir, device=device)
-        predictions = model.predict(items, tasks=tasks, batch_size=batch_size)
+        predictions = model.predict(given, tasks=tasks, batch_size=batch_size) if given else {}
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from err
+    summary: dict[str, Any] = {"rows": len(items), "predicted": len(given), "blank": []}
+    summary["truncated"] = {task: [] for task in predictions}
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    done = 0
     with out.open("w", encoding="utf-8") as f:
-        for i, item in enumerate(items):
-            row = {**item, "predictions": {t: p[i] for t, p in predictions.items()}}
+        for line, item in enumerate(items, 1):
+            if item is None:
+                summary["blank"].append(line)
+                row: dict[str, Any] = {"line": line, "text": "", "predictions": None}
+            else:
+                row = {"line": line, **item, "predictions": {}}
+                for task, per_input in predictions.items():
+                    row["predictions"][task] = per_input[done]
+                    if per_input[done].get("truncated"):
+                        summary["truncated"][task].append(line)
+                done += 1
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return len(items)
+    return summary
 
 
 def export_checkpoint(configs: list[str], ckpt_path: str, output: str) -> Path:
@@ -192,19 +241,61 @@ def _predict_main(argv: list[str]) -> None:
     parser.add_argument("--device", default="cpu", help="e.g. cuda, cuda:1")
     ns = parser.parse_args(argv)
     tasks = [t for t in ns.tasks.split(",") if t] if ns.tasks else None
-    n = predict_exported(ns.model, ns.input, ns.output, tasks, ns.batch_size, ns.device)
-    print(f"wrote {n} predictions to {ns.output}")
+    summary = predict_exported(ns.model, ns.input, ns.output, tasks, ns.batch_size, ns.device)
+    blank = summary["blank"]
+    note = f", {len(blank)} blank line(s) without one (lines {_lines(blank)})" if blank else ""
+    print(f"wrote {summary['rows']} rows to {ns.output}: {summary['predicted']} predictions{note}")
+    for task, lines in summary["truncated"].items():
+        if lines:
+            print(
+                f"warning: task {task!r}: {len(lines)} of {summary['predicted']} input(s) longer "
+                f"than its max_length were truncated (lines {_lines(lines)}); their predictions "
+                'say "truncated": true',
+                file=sys.stderr,
+            )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: ``export``, ``predict --model`` and LightningCLI's subcommands."""
-    args = sys.argv[1:] if argv is None else list(argv)
+def _lines(numbers: list[int], shown: int = 10) -> str:
+    text = ", ".join(map(str, numbers[:shown]))
+    return text + (f", ... ({len(numbers) - shown} more)" if len(numbers) > shown else "")
+
+
+def _dispatch(args: list[str], from_sys_argv: bool) -> None:
     if args[:1] == ["export"]:
         return _export_main(args[1:])
     with_config = any(a in ("--config", "-c") or a.startswith("--config=") for a in args)
     if args[:1] == ["predict"] and not with_config:
         return _predict_main(args[1:])
-    cli_main(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
+    if from_sys_argv:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv[1:] = args
+    cli_main(None if from_sys_argv else args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: ``export``, ``predict --model`` and LightningCLI's subcommands.
+
+    A user's mistake (a bad config value or file, a class_path typo, mtlkit's own
+    :class:`~mtlkit.errors.MtlkitError` raised while the data is read or during training) is
+    printed as one ``error: ...`` line, and the process exits with status 2 (config) or 1.
+    ``--debug`` or ``MTLKIT_DEBUG=1`` shows the traceback instead. The Python API
+    (:func:`cli_main`, :func:`export_checkpoint`, :func:`predict_exported`) raises.
+    """
+    debug, args = console.debug_requested(sys.argv[1:] if argv is None else list(argv))
+    if debug:
+        return _dispatch(args, argv is None)
+    token = _RAISE_PARSE_ERRORS.set(True)
+    try:
+        console.check_config_files(args)
+        _dispatch(args, argv is None)
+    except Exception as err:  # noqa: BLE001 - anything else is re-raised with its traceback
+        described = console.describe(err)
+        if described is None:
+            raise
+        message, status = described
+        print(f"error: {message}\n{console.DEBUG_HINT}", file=sys.stderr)
+        raise SystemExit(status) from None
+    finally:
+        _RAISE_PARSE_ERRORS.reset(token)
 
 
 if __name__ == "__main__":

@@ -210,11 +210,25 @@ class ExportedModel:
         texts = [text for text, _ in chunk]
         return self.tokenizer(texts, [p for _, p in chunk] if pair else None, **common)
 
+    def _truncated(
+        self, chunk: list[tuple[str, str | None]], key: tuple[int, bool, bool]
+    ) -> list[bool]:
+        """Which inputs of ``chunk`` are longer than ``max_length`` tokens (and get cut)."""
+        max_length, pair, token_level = key
+        common = dict(truncation=False, verbose=False)  # verbose: no over-length warning
+        if token_level:
+            full = self.tokenizer([t.split() for t, _ in chunk], is_split_into_words=True, **common)
+        else:
+            pairs = [p for _, p in chunk] if pair else None
+            full = self.tokenizer([t for t, _ in chunk], pairs, **common)
+        return [len(ids) > max_length for ids in full["input_ids"]]
+
     @torch.no_grad()
     def _run(
         self, items: list[tuple[str, str | None]], tasks: list[_Task], batch_size: int
-    ) -> Iterator[tuple[int, _Task, Tensor, Any]]:
-        """Yields ``(offset, task, logits, encoding)`` per chunk of inputs and task."""
+    ) -> Iterator[tuple[int, _Task, Tensor, Any, list[bool]]]:
+        """Yields ``(offset, task, logits, encoding, truncated)`` per chunk of inputs and task
+        (``truncated``: per input, whether it was longer than the task's ``max_length``)."""
         for task in tasks:
             if task.key[1] and any(p is None for _, p in items):
                 raise ValueError(f"task {task.name!r} takes text pairs; give every input a pair")
@@ -224,14 +238,14 @@ class ExportedModel:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             for key, members in groups.items():
-                enc = self._tokenize(chunk, key)
+                enc, cut = self._tokenize(chunk, key), self._truncated(chunk, key)
                 batch = {k: v.to(self.device) for k, v in enc.items()}
                 hidden = self.encoder(**batch).last_hidden_state
                 pooled = None if key[2] else pool(hidden, batch["attention_mask"], self.pooling)
                 for task in members:
                     features = hidden if key[2] else pooled
                     logits = F.linear(features, task.weight, task.bias).float().cpu()
-                    yield start, task, logits, enc
+                    yield start, task, logits, enc, cut
 
     def logits(
         self,
@@ -242,7 +256,7 @@ class ExportedModel:
         """Raw head outputs per task and input (token tasks: ``[tokens, tags]`` per input)."""
         items = self._items(inputs)
         out: dict[str, list[Tensor]] = {t.name: [] for t in self._select(tasks)}
-        for _, task, logits, enc in self._run(items, self._select(tasks), batch_size):
+        for _, task, logits, enc, _ in self._run(items, self._select(tasks), batch_size):
             masks = enc["attention_mask"].bool()
             for row, mask in zip(logits, masks, strict=True):
                 out[task.name].append(row[mask] if task.level == "token" else row)
@@ -267,20 +281,23 @@ class ExportedModel:
             classification, ``{"value"}`` for regression (on the data's scale),
             ``{"labels", "probabilities"}`` for multi-label (labels above the task's
             threshold), ``{"words", "tags"}`` for token classification (whitespace words, each
-            tagged from its first sub-token; ``None`` for words cut by truncation).
+            tagged from its first sub-token; ``None`` for words cut by truncation). An input
+            longer than the task's ``max_length`` tokens is cut, and its prediction says so
+            with ``"truncated": True``.
         """
         items = self._items(inputs)
         out: dict[str, list[dict[str, Any]]] = {t.name: [] for t in self._select(tasks)}
-        for start, task, logits, enc in self._run(items, self._select(tasks), batch_size):
+        for start, task, logits, enc, cut in self._run(items, self._select(tasks), batch_size):
             for i, row in enumerate(logits):
                 if task.kind == "token_classification":
                     words = items[start + i][0].split()
-                    out[task.name].append(_tag_words(task, row, enc.word_ids(i), words))
+                    prediction = _tag_words(task, row, enc.word_ids(i), words)
                 elif task.level == "token":
                     mask = enc["attention_mask"][i].bool()
-                    out[task.name].append({"logits": row[mask].tolist()})
+                    prediction = {"logits": row[mask].tolist()}
                 else:
-                    out[task.name].append(_read_sequence(task, row))
+                    prediction = _read_sequence(task, row)
+                out[task.name].append({**prediction, "truncated": True} if cut[i] else prediction)
         return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 from helpers import WORDS, quiet_trainer, tiny_model, toy_datamodule, toy_task
 from torch import nn
 
-from mtlkit.cli import cli_main, main
+from mtlkit.cli import cli_main, main, predict_exported
 from mtlkit.data import InMemory
 from mtlkit.errors import ConfigError
 from mtlkit.export import export_model, read_exported
@@ -263,7 +264,9 @@ def test_cli_predict_writes_jsonl(cli_export):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     exported = ExportedModel.from_folder(tmp / "exp")
     expected = exported.predict(["what is a movie", "who is john"], batch_size=1)
-    assert [r["text"] for r in rows] == ["what is a movie", "who is john"]
+    assert [r["text"] for r in rows] == ["what is a movie", "", "who is john"]
+    assert rows[1]["predictions"] is None  # a blank line keeps its place
+    rows = [rows[0], rows[2]]
     assert [list(r["predictions"]) for r in rows] == [["trec"], ["trec"]]
     assert [r["predictions"]["trec"] for r in rows] == expected["trec"]
     assert rows[0]["predictions"]["trec"]["label"] in {"0", "1", "2"}
@@ -287,7 +290,7 @@ def test_cli_predict_writes_jsonl(cli_export):
     assert isinstance(rows[1]["predictions"]["sentiment"]["value"], float)
 
 
-def test_cli_predict_errors(cli_export):
+def test_cli_predict_errors(cli_export, capsys):
     _, tmp = cli_export
     out = str(tmp / "o.jsonl")
 
@@ -304,16 +307,25 @@ def test_cli_predict_errors(cli_export):
             ]
         )  # noqa: E501
 
-    with pytest.raises(ConfigError, match="input file .*nothing.txt' does not exist"):
+    def error_line() -> str:  # the console prints mtlkit's message as one line
+        return capsys.readouterr().err.splitlines()[0]
+
+    with pytest.raises(SystemExit):
         predict("exp", "nothing.txt")
+    assert re.match(r"error: input file .*nothing.txt' does not exist", error_line())
     (tmp / "bad.jsonl").write_text('{"text": "ok"}\n{"label": 1}\n')
-    with pytest.raises(ConfigError, match=r'line 2 needs a string "text" field'):
+    with pytest.raises(SystemExit):
         predict("exp", "bad.jsonl")
+    assert re.search(r'line 2 needs a string "text" field', error_line())
     (tmp / "ok.txt").write_text("good\n")
-    with pytest.raises(ConfigError, match="exported model folder .*missing' does not exist"):
+    with pytest.raises(SystemExit):
         predict("missing", "ok.txt")
-    with pytest.raises(ConfigError, match="checkpoint .* does not exist"):
+    assert re.match(r"error: exported model folder .*missing' does not exist", error_line())
+    with pytest.raises(SystemExit):
         main(["export", "--config", TINY, "--ckpt_path", str(tmp / "no.ckpt"), "--output", out])
+    assert re.match(r"error: checkpoint .* does not exist", error_line())
+    with pytest.raises(ConfigError, match="input file .*nothing.txt' does not exist"):
+        predict_exported(str(tmp / "exp"), str(tmp / "nothing.txt"), out)  # the Python API
 
 
 def test_predict_with_config_is_lightning_predict(monkeypatch):
