@@ -30,6 +30,7 @@ relative 2.3e-7 at most (measured); ``TRAJECTORY_RTOL`` is 3x that, rounded up.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,9 @@ def _run_single_and_double(tmp, *args, port):
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
     launch += [f"--master_port={port}", str(WORKER), str(double), *args]
     proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # each worker's exception line first (the first failing rank's is otherwise buried)
+    errors = re.findall(r"^\[rank\d+\]: \w+(?:Error|Exception)\b.*$", proc.stderr, re.M)
+    assert proc.returncode == 0, "\n".join(errors) + "\n" + proc.stderr[-2000:]
     return single, double
 
 
