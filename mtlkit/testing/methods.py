@@ -41,12 +41,14 @@ class MethodConfig:
         return names
 
     def spec(self, **init_args: Any) -> dict[str, Any]:
-        """The ``class_path``/``init_args`` spec with ``init_args`` overridden (merged one level
-        deep, so ``aggregator={"init_args": {...}}`` updates the aggregator's arguments)."""
+        """The ``class_path``/``init_args`` spec with ``init_args`` overridden. A nested class
+        spec (``aggregator={"init_args": {...}}``) updates the aggregator's arguments; any other
+        value, dicts included (StaticWeighting's ``weights``), replaces the config's."""
         spec = copy.deepcopy(self.weighting)
         args = spec.setdefault("init_args", {})
         for key, value in init_args.items():
-            if isinstance(value, dict) and isinstance(args.get(key), dict):
+            is_class_spec = isinstance(args.get(key), dict) and "class_path" in args[key]
+            if isinstance(value, dict) and is_class_spec:
                 merged = args[key]
                 for k, v in value.items():
                     if isinstance(v, dict) and isinstance(merged.get(k), dict):

@@ -103,13 +103,16 @@ class GradientWeighting(Weighting):
         weights = {t: w.to(device) for t, w in result.weights_by_task.items() if t in losses}
         if self.head_gradients == "weighted":
             return WeightedLoss(self.weighted_sum(losses, weights), weights)
-        if len({id(ctx.representations[t]) for t in weights}) < len(weights):
+        # Under DDP a task may be in `losses` only as another process's constant (no head input
+        # here): hooks go on this process's head inputs.
+        local = [t for t in weights if t in ctx.representations]
+        if len({id(ctx.representations[t]) for t in local}) < len(local):
             raise ConfigError(
                 "head_gradients='unweighted' needs one head-input tensor per task (tasks share "
                 "one): use head_gradients='weighted'"
             )
-        for t, w in weights.items():
-            representation = ctx.representations[t]
+        for t in local:
+            representation, w = ctx.representations[t], weights[t]
             if representation.requires_grad:
                 representation.register_hook(lambda grad, w=w: grad * w.to(grad.dtype))
         return WeightedLoss(self.weighted_sum(losses, ones), weights)
