@@ -211,7 +211,16 @@ def export_checkpoint(configs: list[str], ckpt_path: str, output: str) -> Path:
     module = cli.model
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # no pickled code
     module.on_load_checkpoint(ckpt)  # labels first: heads are built from them
-    module.load_state_dict(ckpt["state_dict"])
+    # An export holds the encoder and heads: the weighting method's training state is left out,
+    # so a checkpoint trained with another method (a configs/weighting/ override) exports too.
+    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("weighting.")}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("weighting.")]
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint {ckpt_path} does not fit the model of {', '.join(configs)}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
     tokenizer = AutoTokenizer.from_pretrained(resolve_path(cli.datamodule.tokenizer_path))
     return export_model(module.eval(), tokenizer, output)
 
