@@ -1,14 +1,15 @@
 """One run per folder: a lock while a run trains, ``--ckpt_path last`` that resumes or fails.
 
-The folders a run writes (each ``ModelCheckpoint``'s folder and the log folder holding
-``config.yaml``) belong to one run at a time. :class:`RunFolderLock` writes a lock file beside
-each (``runs/.quickstart.mtlkit-run.lock`` for ``runs/quickstart``; beside, not inside, so that a
-new checkpoint folder stays empty) when training starts and removes it at the end; a second
-run started in one of them stops with a message naming the folder and the process holding it.
-A lock left by a killed process of this machine is taken over. A new run in a folder that holds
-an earlier run's ``last.ckpt`` replaces that file (instead of writing ``last-v1.ckpt`` next to
-it), so a fixed path such as
-``runs/quickstart/checkpoints/last.ckpt`` always holds the newest run's model.
+The folders a run writes belong to one run at a time. :class:`RunFolderLock` takes a lock file
+for each when training starts and removes it at the end: beside each fixed checkpoint folder
+(``runs/quickstart/.checkpoints.mtlkit-run.lock``; beside, so that a new checkpoint folder stays
+empty) and inside the log folder (``.mtlkit-run.lock`` next to ``config.yaml``; it also holds the
+checkpoints of a ``ModelCheckpoint`` without ``dirpath``) when the run logs or checkpoints there.
+A second run started in one of them stops with a message naming the folder and the process
+holding it; a lock left by a killed process of this machine is taken over. A new run in a folder
+that holds an earlier run's ``last.ckpt`` replaces that file (instead of writing
+``last-v1.ckpt`` next to it), so a fixed path such as ``runs/quickstart/checkpoints/last.ckpt``
+always holds the newest run's model.
 
 :func:`resolve_last` turns ``--ckpt_path last`` into a path (the newest ``last*.ckpt`` in the
 checkpoint folders, including earlier ``version_N`` folders of a versioned logger) or raises:
@@ -27,16 +28,19 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mtlkit.checkpointing import CheckpointError, pid_alive
 from mtlkit.errors import MtlkitError
 
 __all__ = ["RunFolderError", "RunFolderLock", "lock_path", "log_dir", "resolve_last"]
 
+#: The lock file inside a log folder.
+LOCK_NAME = ".mtlkit-run.lock"
+
 
 def lock_path(folder: str | Path) -> Path:
-    """The lock file of a run folder: a hidden file beside it."""
+    """The lock file of a fixed checkpoint folder: a hidden file beside it."""
     folder = Path(folder).resolve()
     return folder.parent / f".{folder.name}.mtlkit-run.lock"
 
@@ -124,14 +128,18 @@ class RunFolderLock(L.Callback):
         self._held: list[Path] = []
         self._host = socket.gethostname()
 
-    def _folders(self, trainer: L.Trainer) -> list[Path]:
-        folders = [checkpoint_dir(c, trainer) for c in trainer.checkpoint_callbacks]
-        folders.append(log_dir(trainer))
-        return [Path(f).resolve() for f in dict.fromkeys(folders)]
+    def _locks(self, trainer: L.Trainer) -> list[tuple[Path, Path]]:
+        """``(folder, lock file)`` pairs. A run without logger and checkpoints (benchmark
+        workers, smoke runs) writes only ``config.yaml``: it takes no lock."""
+        checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        locks = [(Path(c.dirpath), lock_path(c.dirpath)) for c in checkpoints if c.dirpath]
+        if trainer.loggers or any(c.dirpath is None for c in checkpoints):
+            folder = Path(log_dir(trainer)).resolve()
+            locks.append((folder, folder / LOCK_NAME))
+        return list(dict.fromkeys(locks))
 
-    def _acquire(self, folder: Path) -> None:
+    def _acquire(self, folder: Path, lock: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        lock = lock_path(folder)
         mine = {"pid": os.getpid(), "host": self._host, "started": time.strftime("%F %T")}
         for _ in range(3):
             try:
@@ -140,7 +148,8 @@ class RunFolderLock(L.Callback):
                 owner = _read_lock(lock)
                 pid, host = owner.get("pid"), owner.get("host")
                 if pid == os.getpid() and host == self._host:
-                    return  # this process already holds it (a second fit in one process)
+                    self._held.append(lock)  # left by an earlier fit of this process
+                    return
                 if host == self._host and isinstance(pid, int) and not pid_alive(pid):
                     with contextlib.suppress(FileNotFoundError):
                         lock.unlink()  # left by a run that was killed
@@ -155,11 +164,17 @@ class RunFolderLock(L.Callback):
                     f"name/version or the ModelCheckpoint's dirpath). If no run is using it, "
                     f"delete {lock}"
                 ) from None
+            except OSError as err:  # a read-only parent, ...: run, but say that it is unguarded
+                rank_zero_warn(f"could not lock {folder} ({err}); a concurrent run is not detected")
+                return
             with os.fdopen(fd, "w") as f:
                 json.dump(mine, f)
             self._held.append(lock)
             return
-        raise RunFolderError(f"could not take the lock {lock}")
+        raise RunFolderError(
+            f"the lock {lock} of run folder {folder} cannot be read; if no run is using the "
+            "folder, delete it"
+        )
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -167,8 +182,8 @@ class RunFolderLock(L.Callback):
         error = None
         if trainer.is_global_zero:
             try:
-                for folder in self._folders(trainer):
-                    self._acquire(folder)
+                for folder, lock in self._locks(trainer):
+                    self._acquire(folder, lock)
             except RunFolderError as err:
                 self.release()
                 error = str(err)

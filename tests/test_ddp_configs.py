@@ -111,8 +111,19 @@ def test_quickstart_callbacks_under_ddp(tmp_path):
     assert not list(tmp_path.rglob("*.mtlkit-run.lock"))  # the run folder is released
 
 
+#: Regimes that refuse several processes by design, with the message each process prints.
+REFUSED = {"gradual_unfreeze": "GradualUnfreeze does not work with several processes (DDP)"}
+
+
 @pytest.mark.parametrize("regime", REGIMES, ids=lambda p: Path(p).stem)
 def test_regime_callbacks_under_ddp(tmp_path, regime):
+    """Each transfer regime's callback trains under DDP, or stops at once with its own message
+    (never a hang or a crash at the end)."""
     port = 29603 + REGIMES.index(regime)
-    proc = _fit(tmp_path, port, regime, str(ROOT / "configs/transfer/regimes/early_stopping.yaml"))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    proc = _fit(tmp_path, port, regime)
+    out = proc.stdout + proc.stderr
+    refused = REFUSED.get(Path(regime).stem)
+    if refused is None:
+        assert proc.returncode == 0, out[-4000:]
+    else:
+        assert proc.returncode != 0 and refused in out, out[-4000:]
