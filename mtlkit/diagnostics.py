@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -9,21 +10,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtlkit.weighting import StepContext, StepObserver, WeightedLoss
 from mtlkit.weighting.layers import select_shared_layer
+from mtlkit.weighting.task_gradients import task_gradients
 
-
-def task_gradients(losses: dict[str, Tensor], params: list[Tensor]) -> dict[str, Tensor]:
-    """Flattened float32 gradient of each task loss with respect to ``params`` (graph kept)."""
-    out = {}
-    for name, loss in losses.items():
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        out[name] = torch.cat(
-            [
-                torch.zeros(p.numel(), device=p.device) if g is None else g.float().ravel()
-                for p, g in zip(params, grads, strict=True)
-            ]
-        )
-    return out
+__all__ = ["GradientDiagnostics", "cosine_matrix", "matrix_image", "task_gradients"]
 
 
 def cosine_matrix(grads: dict[str, Tensor]) -> Tensor:
@@ -43,14 +34,18 @@ def matrix_image(matrix: np.ndarray, cell: int = 24) -> np.ndarray:
     return np.kron(rgb, np.ones((cell, cell, 1)))
 
 
-class GradientDiagnostics(L.Callback):
+class GradientDiagnostics(L.Callback, StepObserver):
     """Logs per-task gradient norms and gradient conflict every ``every_n_steps`` steps.
 
-    Just before the backward pass of a logging step it takes each task's gradient on one shared
-    layer (by default the last one, as GradNorm) — a pass through the heads and that layer only —
-    and logs ``diag/<task>/grad_norm``, ``diag/cos/<a>~<b>`` and, with TensorBoard, an image of
-    the cosine matrix (``diag/gradient_cosine``). Task weights are logged by the model every step
-    (``train/<task>/weight``). Only tasks present in the step are compared.
+    The model hands each training step's losses and :class:`~mtlkit.weighting.StepContext` to
+    this callback before the backward pass (:class:`~mtlkit.weighting.StepObserver`). On a logging
+    step it reads each task's gradient on one shared layer (by default the last one, as GradNorm)
+    from the step's ``ctx.gradients``: rows the weighting method already took (a gradient method
+    on the parameters, GradNorm on the same layer) are reused, otherwise they are taken there (a
+    pass through the heads and that layer only). It logs ``diag/<task>/grad_norm``,
+    ``diag/cos/<a>~<b>`` and, with TensorBoard, an image of the cosine matrix
+    (``diag/gradient_cosine``). Task weights are logged by the model every step
+    (``train/<task>/weight``). Only tasks present in the step (on this process) are compared.
 
     Args:
         every_n_steps: Logging interval in optimisation steps.
@@ -62,18 +57,21 @@ class GradientDiagnostics(L.Callback):
         self.shared_layer = shared_layer
         self.last: dict[str, Any] = {}
 
-    def on_before_backward(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor
+    def on_weighted_step(
+        self,
+        trainer: L.Trainer,
+        losses: Mapping[str, Tensor],
+        ctx: StepContext,
+        result: WeightedLoss,
     ) -> None:
-        step = getattr(pl_module, "last_step", None)
-        if step is None or trainer.global_step % self.every_n_steps != 0:
+        if trainer.global_step % self.every_n_steps != 0:
             return
-        losses, ctx = step
-        losses = {t: loss for t, loss in losses.items() if loss.requires_grad}  # local tasks
-        if len(losses) < 2:
+        local = {t: loss for t, loss in losses.items() if loss.requires_grad}
+        if len(local) < 2:
             return
         named = select_shared_layer(ctx.named_shared_parameters(), self.shared_layer, "diagnostics")
-        grads = task_gradients(losses, [p for _, p in named])
+        rows = ctx.gradients.of_parameters(local, [p for _, p in named], scale=ctx.loss_scale)
+        grads = dict(zip(local, rows, strict=True))
         cos = cosine_matrix(grads)
         names = list(grads)
         values = {f"diag/{t}/grad_norm": g.norm() for t, g in grads.items()}

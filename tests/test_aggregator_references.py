@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import fsolve
+from torchjd.aggregation import AlignedMTLWeighting, IMTLGWeighting, MGDAWeighting
 
 from mtlkit.testing.methods import weighting_methods
-from mtlkit.weighting.gradient import IMTLG, MGDA, CAGrad, NashMTL, UPGrad
+from mtlkit.weighting.gradient import IMTLG, MGDA, AlignedMTL, CAGrad, NashMTL, UPGrad, gram_matrix
 from mtlkit.weighting.gradient.torchjd_aggregators import NNLSDualConeProjector
 
 GRADIENT_METHODS = {n: m for n, m in weighting_methods().items() if m.is_gradient_method}
@@ -286,3 +287,65 @@ def test_every_gradient_method_solves_in_full_precision_under_autocast(name, dty
     assert mixed.direction.dtype == torch.float32
     torch.testing.assert_close(mixed.weights, plain.weights, rtol=0, atol=0)
     torch.testing.assert_close(mixed.direction, plain.direction, rtol=0, atol=0)
+
+
+# --------------------------------------------- torchjd's weightings (why mtlkit keeps its own)
+def test_imtlg_agrees_with_torchjd_except_where_torchjd_drops_a_small_task():
+    """torchjd's ``IMTLGWeighting`` (pinv of G G^T, whose eigenvalues spread as the squared norm
+    ratio) agrees with mtlkit (pinv on unit gradients) to 1e-6 on independent gradients and on
+    norm ratios down to 1e-7; at 1e-8 the small task's eigenvalue falls under its cut-off and it
+    puts nearly all the weight on the *small* gradient, where the paper gives it 7e-9."""
+    for grads in _random_cases(30, seed=6, max_t=5, max_p=12):
+        if grads.shape[0] > grads.shape[1]:
+            continue
+        g = torch.tensor(grads, dtype=torch.float32)
+        ours = IMTLG().aggregate(g).weights.double()
+        theirs = IMTLGWeighting()(gram_matrix(g))
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+    for ratio in (1e-7, 1e-8):
+        grads = np.array([[ratio, 0.0, 0.0], [1.0, 1.0, 0.0]])
+        g = torch.tensor(grads, dtype=torch.float32)
+        expected = _imtlg_paper(g.double().numpy())
+        ours = IMTLG().aggregate(g).weights.double().numpy()
+        np.testing.assert_allclose(ours, expected, rtol=1e-4)
+        theirs = IMTLGWeighting()(gram_matrix(g)).numpy()
+        if ratio == 1e-8:
+            assert theirs[0] < 1e-6 and theirs[1] > 0.99  # expected: [1 - 7e-9, 7e-9]
+
+
+def test_mgda_torchjd_frank_wolfe_stops_far_from_the_min_norm_point():
+    """torchjd's ``MGDAWeighting`` is the paper's Frank-Wolfe loop (stops when the step is below
+    1e-3): on the rank-2 case its squared norm is 27.9 where the minimum (a conic solver, and
+    mtlkit's exact solver) is 6.1e-3."""
+    g = torch.tensor(RANK2, dtype=torch.float32)
+    exact = _min_norm_qp(RANK2)
+    theirs = MGDAWeighting()(gram_matrix(g)) @ g.double()
+    ours = MGDA().aggregate(g).direction.double()
+    assert float(ours @ ours) == pytest.approx(exact, rel=1e-3, abs=1e-6 * np.abs(RANK2).max() ** 2)
+    assert float(theirs @ theirs) > 1000 * exact
+
+
+def test_aligned_mtl_is_torchjds_with_a_float32_rank_cut_off():
+    """mtlkit's weights are torchjd's ``AlignedMTLWeighting`` with a preference vector of ones
+    (the sum, as the official code) on well-conditioned gradients. The rank cut-off differs:
+    torchjd keeps eigenvalues above ``T * eps(float64)`` of the largest; the gradients are
+    float32, so two tasks whose gradients differ by 1e-7 relative (rounding) count as two
+    directions there and scaling to the smallest singular value shrinks the update about 1e7-fold
+    (measured: norm 1e-6 where it is 13.8). mtlkit cuts at ``rtol = 1e-6`` (the official code's
+    ``T * eps(float32)`` order) and treats them as one direction."""
+    for seed in range(5):
+        g = torch.randn(4, 64, generator=torch.Generator().manual_seed(seed))
+        ones = torch.ones(4, dtype=torch.float64)
+        theirs = AlignedMTLWeighting(pref_vector=ones)(gram_matrix(g))
+        torch.testing.assert_close(
+            AlignedMTL().aggregate(g).weights.double(), theirs, rtol=1e-5, atol=1e-7
+        )
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2, 64))
+    grads = np.stack([a[0], a[0] + 1e-7 * rng.normal(size=64), a[1]])
+    g = torch.tensor(grads, dtype=torch.float32)
+    ours = AlignedMTL().aggregate(g).direction.double()
+    ones = torch.ones(3, dtype=torch.float64)
+    theirs = AlignedMTLWeighting(pref_vector=ones)(gram_matrix(g)) @ g.double()
+    assert float(ours.norm()) > 0.5 * float(torch.tensor(a).norm(dim=1).min())
+    assert float(theirs.norm()) < 1e-4 * float(ours.norm())

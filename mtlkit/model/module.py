@@ -22,7 +22,7 @@ from mtlkit.model.param_groups import encoder_param_groups
 from mtlkit.model.pooling import Pooling, pool
 from mtlkit.optim import LinearWarmupDecay, adamw
 from mtlkit.tasks.base import Task
-from mtlkit.weighting import EqualWeighting, StepContext, Weighting
+from mtlkit.weighting import EqualWeighting, StepContext, StepObserver, Weighting
 
 SchedulerCallable = Callable[[Optimizer, int], LRScheduler]
 TaskOutput = dict[str, Tensor]
@@ -129,7 +129,6 @@ class MultiTaskModule(L.LightningModule):
         self.init_from, self.init_heads, self.layer_lr_decay = init_from, init_heads, layer_lr_decay
         self._initialised_from: str | None = None
         self.heads = nn.ModuleDict()
-        self.last_step: tuple[dict[str, Tensor], StepContext] | None = None
         self.metrics = nn.ModuleDict()
         if all(t.is_ready for t in tasks):
             self.configure_model()
@@ -254,7 +253,9 @@ class MultiTaskModule(L.LightningModule):
         if not self._weights_finite(combined):
             return None  # skipped step (on_nonfinite_loss="skip")
         self._consecutive_skips = 0
-        self.last_step = (losses, ctx)  # read by callbacks before backward (diagnostics)
+        for callback in self.trainer.callbacks if self._trainer is not None else []:
+            if isinstance(callback, StepObserver):  # e.g. GradientDiagnostics, before backward
+                callback.on_weighted_step(self.trainer, losses, ctx, combined)
         n_examples = sum(int(s["input_ids"].shape[0]) for s in subs.values())
         for name, loss in losses.items():
             self.log(f"train/{name}/loss", loss.detach(), batch_size=1)
@@ -314,9 +315,6 @@ class MultiTaskModule(L.LightningModule):
         # all-reduce sees every parameter on every rank (no find_unused_parameters needed).
         absent = [p for n, h in self.heads.items() if n not in subs for p in h.parameters()]
         return sum((p.sum() * 0.0 for p in absent), 0.0)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.last_step = None  # do not keep the step's graph alive past its backward
 
     def _finite(self, losses: dict[str, Tensor]) -> bool:
         # One device-to-host sync per step (not one per task) on the common, finite path.

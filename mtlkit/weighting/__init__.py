@@ -1,6 +1,6 @@
 """Loss-weighting methods; each lives in its own module under one base class."""
 
-from mtlkit.weighting.base import StepContext, WeightedLoss, Weighting
+from mtlkit.weighting.base import StepContext, StepObserver, WeightedLoss, Weighting
 from mtlkit.weighting.dwa import DynamicWeightAverage
 from mtlkit.weighting.equal import EqualWeighting
 from mtlkit.weighting.famo import FAMO
@@ -8,6 +8,7 @@ from mtlkit.weighting.gradient_weighting import GradientWeighting
 from mtlkit.weighting.gradnorm import GradNorm
 from mtlkit.weighting.rlw import RandomLossWeighting
 from mtlkit.weighting.static import StaticWeighting
+from mtlkit.weighting.task_gradients import TaskGradients, task_gradients
 from mtlkit.weighting.uncertainty import UncertaintyWeighting
 
 __all__ = [
@@ -19,7 +20,10 @@ __all__ = [
     "RandomLossWeighting",
     "StaticWeighting",
     "StepContext",
+    "StepObserver",
+    "TaskGradients",
     "UncertaintyWeighting",
     "WeightedLoss",
     "Weighting",
+    "task_gradients",
 ]

@@ -10,10 +10,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from mtlkit.weighting.task_gradients import TaskGradients
 
 
 @dataclass
@@ -32,6 +34,9 @@ class StepContext:
             process); every process must call it with tensors of the same shape.
         representations: Per-task shared representation (the encoder output the head receives),
             for methods that work on the representation (MGDA-UB, ...).
+        gradients: The step's per-task gradients (:class:`TaskGradients`), taken at most once:
+            methods ask it for their rows, and :class:`StepObserver` callbacks (the gradient
+            diagnostics) read the same rows instead of taking them again.
     """
 
     step: int
@@ -43,6 +48,7 @@ class StepContext:
     )
     loss_scale: float = 1.0
     all_reduce_mean: Callable[[Tensor], Tensor] = field(default=lambda t: t)
+    gradients: TaskGradients = field(default_factory=TaskGradients)
 
 
 @dataclass
@@ -51,6 +57,22 @@ class WeightedLoss:
 
     loss: Tensor
     weights: dict[str, Tensor]
+
+
+class StepObserver(ABC):
+    """A callback that sees each training step's losses and context before its backward pass.
+
+    The model calls :meth:`on_weighted_step` on every callback of the trainer that subclasses
+    this, right after the weighting method has combined the losses (so the graph is alive and
+    ``ctx.gradients`` holds whatever per-task gradients the method took). This is the only
+    channel from the training step to such callbacks; nothing is stored on the model.
+    """
+
+    @abstractmethod
+    def on_weighted_step(
+        self, trainer: Any, losses: Mapping[str, Tensor], ctx: StepContext, result: WeightedLoss
+    ) -> None:
+        """Called once per (non-skipped) training step, before ``backward``."""
 
 
 class Weighting(nn.Module, ABC):

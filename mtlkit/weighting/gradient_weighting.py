@@ -118,8 +118,8 @@ class GradientWeighting(Weighting):
         return WeightedLoss(self.weighted_sum(losses, ones), weights)
 
     def task_gradients(self, losses: Mapping[str, Tensor], ctx: StepContext) -> Tensor:
-        """``[T, P]`` float32 unscaled per-task gradients, zero rows for absent tasks."""
-        scale = float(ctx.loss_scale)
+        """``[T, P]`` float32 unscaled per-task gradients, zero rows for absent tasks, taken
+        through the step's :class:`~mtlkit.weighting.TaskGradients` (``ctx.gradients``)."""
         representation = self.works_on == "representation"
         params = [] if representation else ctx.shared_parameters()
         frozen = (
@@ -133,28 +133,9 @@ class GradientWeighting(Weighting):
                 "encoder, but no encoder parameter is trainable (FreezeEncoder, cached features): "
                 "use a loss-level weighting method instead"
             )
-        width = (
-            next(iter(ctx.representations.values())).shape[-1]
-            if representation
-            else sum(p.numel() for p in params)
-        )
-        device = next(iter(losses.values())).device
-        rows = []
-        for t in self.task_names:
-            if t not in losses or not losses[t].requires_grad:  # absent from this process
-                rows.append(torch.zeros(width, device=device))
-            elif representation:
-                (g,) = torch.autograd.grad(
-                    losses[t] * scale, ctx.representations[t], retain_graph=True
-                )
-                rows.append(g.float().reshape(-1, width).sum(0))
-            else:
-                gs = torch.autograd.grad(
-                    losses[t] * scale, params, retain_graph=True, allow_unused=True
-                )
-                rows.append(torch.cat([_flat(p, g) for p, g in zip(params, gs, strict=True)]))
-        return torch.stack(rows) / scale
-
-
-def _flat(param: Tensor, grad: Tensor | None) -> Tensor:
-    return torch.zeros(param.numel(), device=param.device) if grad is None else grad.float().ravel()
+        scale = float(ctx.loss_scale)
+        if representation:
+            return ctx.gradients.of_representations(
+                losses, ctx.representations, self.task_names, scale
+            )
+        return ctx.gradients.of_parameters(losses, params, self.task_names, scale)

@@ -35,8 +35,9 @@ class GradNorm(Weighting):
     Only the tasks present in a step take part; ``L_i(0)`` is each task's loss at the first
     step it is seen. Norms and ratios are computed in float32; a step whose ``G_i`` or weight
     gradient is not finite (e.g. an fp16 overflow step the gradient scaler will skip) leaves
-    the weights and optimizer state unchanged. The gradients ``grad_W L_i`` are unscaled, so
-    with fp16 they may underflow; bf16 is the safer mixed precision. Under DDP, buffers are
+    the weights and optimizer state unchanged. The gradients ``grad_W L_i`` are taken through
+    the step's :class:`~mtlkit.weighting.TaskGradients` (so the gradient diagnostics reuse them) of
+    the losses times the fp16 gradient scaler's scale, unscaled in float32. Under DDP, buffers are
     broadcast from rank 0 before each forward, so every rank uses rank 0's weights.
 
     Args:
@@ -102,19 +103,16 @@ class GradNorm(Weighting):
         self, losses: Mapping[str, Tensor], ctx: StepContext, idx: Tensor, values: Tensor
     ) -> None:
         names, params = zip(*self.select_parameters(ctx.named_shared_parameters()), strict=True)
-        rows = {}
+        # Same shape on every process (zero rows for tasks absent here), then averaged: the norms
+        # are those of the global batch's gradients under DDP.
+        rows = ctx.gradients.of_parameters(losses, list(params), self.task_names, ctx.loss_scale)
         for task, loss in losses.items():
-            if not loss.requires_grad:  # present on other processes only (DDP)
-                continue
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            unused = [n for n, g in zip(names, grads, strict=True) if g is None]
-            if unused:
+            unused = [
+                n for n, p in zip(names, params, strict=True) if ctx.gradients.is_unused(task, p)
+            ]
+            if loss.requires_grad and unused:
                 raise ConfigError(f"GradNorm layer {unused} gets no gradient from task {task!r}")
-            rows[task] = torch.cat([g.float().ravel() for g in grads])
-        # Same shape on every process (zero rows for absent tasks), then averaged: the norms are
-        # those of the global batch's gradients under DDP.
-        zero = torch.zeros_like(next(iter(rows.values())))
-        full = ctx.all_reduce_mean(torch.stack([rows.get(t, zero) for t in self.task_names]))
+        full = ctx.all_reduce_mean(rows)
         norms = full[idx.to(full.device)].norm(dim=1).to(idx.device)
         with torch.enable_grad():
             w = self.task_weights[idx].detach().requires_grad_()

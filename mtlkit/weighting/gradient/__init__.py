@@ -3,7 +3,9 @@
 Each method is a :class:`GradientAggregator` in its own module. The model stacks the per-task
 gradients of the shared parameters (or, for ``works_on == "representation"``, of the shared
 representation) into a ``[T, P]`` matrix and calls :meth:`GradientAggregator.aggregate`, which
-returns the float32 ``[P]`` direction and the ``[T]`` weights with ``direction == weights @ G``.
+returns the ``[T]`` weights of the update ``direction = weights @ G`` (:func:`combine`, formed only
+on request: training back-propagates ``sum_t w_t L_t`` instead). All but Nash-MTL are
+:class:`GramianAggregator` s: "Gramian -> weights", as torchjd's ``Weighting``.
 
 Scale conventions differ between the papers and are kept: PCGrad and Aligned-MTL sum (weights
 around 1 each), CAGrad, UPGrad and Nash-MTL are mean-like, MGDA and IMTL-G give weights summing
@@ -27,6 +29,7 @@ from mtlkit.weighting.gradient.base import (
     AggregatedGradient,
     GradientAggregator,
     GramianAggregator,
+    combine,
     gram_matrix,
     min_norm_point,
 )
@@ -48,6 +51,7 @@ __all__ = [
     "NashMTL",
     "PCGrad",
     "UPGrad",
+    "combine",
     "gram_matrix",
     "min_norm_point",
 ]

@@ -35,19 +35,24 @@ class AlignedMTL(GramianAggregator):
     For orthogonal gradients :math:`\alpha_t = \sigma_{min} / \lVert g_t \rVert`: the update
     :math:`\sigma_{min} \sum_t u_t` has equal projections onto every task direction.
 
+    Why not torchjd's ``AlignedMTLWeighting``: with a preference vector of ones it gives the same
+    weights on well-conditioned gradients (tested), but cuts the rank at ``T * eps(float64)``.
+    The gradients are float32, so two tasks whose gradients differ only by rounding (1e-7
+    relative) count there as two directions, and scaling to the smallest singular value shrinks
+    the update about 1e7-fold; ``rtol = 1e-6`` here treats them as one direction. torchjd's cut-off
+    is inside a private method, so it cannot be passed in.
+
     Args:
         scale_mode: ``"min"`` (paper), ``"median"`` or ``"rmse"``.
         rtol: Relative eigenvalue cut-off.
-        seed: Unused (no randomness); kept for the common signature.
     """
 
     def __init__(
         self,
         scale_mode: Literal["min", "median", "rmse"] = "min",
         rtol: float = 1e-6,
-        seed: int = 0,
     ) -> None:
-        super().__init__(seed=seed)
+        super().__init__()
         if scale_mode not in ("min", "median", "rmse"):
             raise ValueError(f"scale_mode must be 'min', 'median' or 'rmse', got {scale_mode!r}")
         self.scale_mode = scale_mode

@@ -54,7 +54,6 @@ class CAGrad(GramianAggregator):
             default 0.5).
         rescale: Division of the update, see above.
         tol: Relative tolerance on :math:`\alpha`.
-        seed: Unused (no randomness); kept for the common signature.
     """
 
     def __init__(
@@ -62,9 +61,8 @@ class CAGrad(GramianAggregator):
         c: float = 0.5,
         rescale: Literal["1+c^2", "1+c", "none"] = "1+c^2",
         tol: float = 1e-13,
-        seed: int = 0,
     ) -> None:
-        super().__init__(seed=seed)
+        super().__init__()
         if not 0 <= c < 1:
             # The paper's convergence result (Theorem 3.2) needs 0 <= c < 1; for c >= 1 the ball
             # contains d = 0 and the dual optimum sits at the non-smooth point g_w = 0.

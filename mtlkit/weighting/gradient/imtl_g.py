@@ -26,23 +26,31 @@ class IMTLG(GramianAggregator):
     the *unit* gradients :math:`A = D^{-1} G G^\top D^{-1}` it is :math:`A \beta = \kappa
     \mathbf 1` with :math:`\beta = D \alpha`, so :math:`\beta = A^{+} \mathbf 1`,
     :math:`\alpha = D^{-1} \beta / \mathbf 1^\top D^{-1} \beta` — identical to Eq. 6 when the
-    gradients are linearly independent (tests check it against the literal formula), and the
-    generalisation of Quinton & Rey (torchjd, "Jacobian Descent for Multi-Objective
-    Optimization") when they are not. Working on unit gradients makes the pseudo-inverse's
+    gradients are linearly independent (tests check it against the literal formula). When they
+    are not, the rule has in general no exact solution and this is the minimum-norm
+    least-squares one in :math:`\beta`. Working on unit gradients makes the pseudo-inverse's
     cut-off (eigenvalues below ``rtol * lambda_max`` of :math:`A`, i.e. rounding noise) blind to
-    the gradients' norms: a task whose gradient is 1000x smaller than another's keeps its weight
+    the gradients' norms: a task whose gradient is 1e8x smaller than another's keeps its weight
     (a cut-off on :math:`G G^\top` itself, whose eigenvalues spread as the squared norm ratio,
-    dropped it). Equal gradients get equal weights. Tasks with a zero gradient have no direction
+    dropped it).
+
+    Why not torchjd's ``IMTLGWeighting`` (Quinton & Rey's generalisation,
+    :math:`\alpha \propto (G G^\top)^{+} d`): it is that cut-off on :math:`G G^\top`. It agrees
+    with this to 1e-6 on independent gradients and norm ratios down to 1e-7, but at a ratio of
+    1e-8 it puts nearly all the weight on the small gradient, where Eq. 6 gives it 7e-9
+    (``tests/test_aggregator_references.py``). With dependent gradients the two least-squares
+    choices differ (min-norm in :math:`\beta = D\alpha` here, in :math:`\alpha` there).
+
+    Equal gradients get equal weights. Tasks with a zero gradient have no direction
     to project on: they get weight 0 and the rule holds for the others. If every gradient is
     zero, or :math:`\mathbf 1^\top D^{-1} \beta = 0`, the weights are uniform.
 
     Args:
         rtol: Relative eigenvalue cut-off of the pseudo-inverse.
-        seed: Unused (no randomness); kept for the common signature.
     """
 
-    def __init__(self, rtol: float = 1e-6, seed: int = 0) -> None:
-        super().__init__(seed=seed)
+    def __init__(self, rtol: float = 1e-6) -> None:
+        super().__init__()
         self.rtol = float(rtol)
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor | None) -> Tensor:

@@ -89,12 +89,16 @@ class MGDA(GramianAggregator):
     weights are :math:`\alpha` (LibMTL instead combines the normalised gradients, i.e. weights
     :math:`\alpha_t / n_t`). Weights sum to 1.
 
+    Why not torchjd's ``MGDAWeighting``: it is the Frank-Wolfe loop (stopping when the step
+    falls below 1e-3, at most 100 iterations), which on the rank-2 case of
+    ``tests/test_aggregator_references.py`` stops at squared norm 27.9 where the minimum (Wolfe's
+    algorithm here, and a conic solver) is 6.1e-3; it also has no gradient normalisations.
+
     Args:
         normalization: Gradient normalisation before solving, see above.
         solver: ``"exact"`` or ``"frank_wolfe"``.
         max_iter: Frank-Wolfe iteration cap.
         stop_crit: Frank-Wolfe stops when the weights move by less than this (L1).
-        seed: Unused (no randomness); kept for the common signature.
     """
 
     def __init__(
@@ -103,9 +107,8 @@ class MGDA(GramianAggregator):
         solver: Solver = "exact",
         max_iter: int = 250,
         stop_crit: float = 1e-5,
-        seed: int = 0,
     ) -> None:
-        super().__init__(seed=seed)
+        super().__init__()
         if normalization not in ("none", "l2", "loss", "loss+"):
             raise ValueError(
                 f"normalization must be 'none', 'l2', 'loss' or 'loss+', got {normalization!r}"

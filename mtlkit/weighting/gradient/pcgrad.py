@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -31,7 +31,9 @@ class PCGrad(GramianAggregator):
     effective coefficients :math:`w = \sum_i C_i`, so ``direction == w @ G``.
 
     The random order is drawn, for each :math:`i`, as a fresh permutation of the other tasks from
-    :attr:`generator` (checkpointed with the module). A projection onto a zero gradient is skipped.
+    :attr:`generator`, a CPU :class:`torch.Generator` seeded with ``seed`` whose state is saved in
+    the module's ``state_dict``, so a resumed run continues the exact random stream. A projection
+    onto a zero gradient is skipped.
 
     Args:
         reduction: ``"sum"`` (paper) or ``"mean"`` of the projected gradients.
@@ -39,10 +41,19 @@ class PCGrad(GramianAggregator):
     """
 
     def __init__(self, reduction: Literal["sum", "mean"] = "sum", seed: int = 0) -> None:
-        super().__init__(seed=seed)
+        super().__init__()
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
         self.reduction = reduction
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def get_extra_state(self) -> Any:
+        return {"seed": self.seed, "generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.seed = int(state["seed"])
+        self.generator.set_state(state["generator"])
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor | None) -> Tensor:
         t = gram.shape[0]

@@ -107,16 +107,14 @@ class UPGrad(GramianAggregator):
     Args:
         pref_vector: Optional preference vector (one weight per gradient row).
         projector: ``"nnls"`` or ``"quadprog"``.
-        seed: Unused (no randomness); kept for the common signature.
     """
 
     def __init__(
         self,
         pref_vector: Sequence[float] | None = None,
         projector: Literal["nnls", "quadprog"] = "nnls",
-        seed: int = 0,
     ) -> None:
-        super().__init__(seed=seed)
+        super().__init__()
         if projector == "nnls":
             proj: DualConeProjector = NNLSDualConeProjector()
         elif projector == "quadprog":
@@ -156,7 +154,6 @@ class NashMTL(GradientAggregator):
         max_norm: float = 1.0,
         update_weights_every: int = 1,
         optim_niter: int = 20,
-        seed: int = 0,
     ) -> None:
         missing = [name for name in _NASH_DEPS if find_spec(name) is None]
         if missing:
@@ -164,7 +161,7 @@ class NashMTL(GradientAggregator):
                 f'NashMTL needs the packages {missing}: pip install "torchjd[nash_mtl]" '
                 "(or pip install cvxpy ecos)"
             )
-        super().__init__(seed=seed)
+        super().__init__()
         self.max_norm = float(max_norm)
         self.update_weights_every = int(update_weights_every)
         self.optim_niter = int(optim_niter)
@@ -182,7 +179,7 @@ class NashMTL(GradientAggregator):
             optim_niter=self.optim_niter,
         )
 
-    def _aggregate(self, grads: Tensor, losses: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _weights(self, grads: Tensor, losses: Tensor | None) -> Tensor:
         if self._nash is None:
             self._build(grads.shape[0])
         assert self._nash is not None
@@ -204,22 +201,18 @@ class NashMTL(GradientAggregator):
             weights = alpha.to(device=grads.device, dtype=torch.float32)
             return self._clip(weights, grads)
         if grads.shape[0] == 1:  # the bargaining solution alpha ||g||^2 = 1/alpha, in closed form
-            weights = 1.0 / grads.norm(dim=1)
-            return weights @ grads, weights
-        weights = nash.weighting(grads).to(device=grads.device, dtype=torch.float32)
-        return weights @ grads, weights
+            return 1.0 / grads.norm(dim=1)
+        return nash.weighting(grads).to(device=grads.device, dtype=torch.float32)
 
-    def _clip(self, weights: Tensor, grads: Tensor) -> tuple[Tensor, Tensor]:
+    def _clip(self, weights: Tensor, grads: Tensor) -> Tensor:
         """torchjd's ``max_norm`` rule: scale ``w`` so that ``||w @ G|| <= max_norm``."""
-        direction = weights @ grads
-        norm = direction.norm()
+        norm = (weights @ grads).norm()
         if self.max_norm > 0 and norm > self.max_norm:
             weights = weights / norm * self.max_norm
-            direction = weights @ grads
-        return direction, weights
+        return weights
 
     def get_extra_state(self) -> Any:
-        state = super().get_extra_state()
+        state: dict[str, Any] = {}
         if self._nash is not None:
             w = self._nash.weighting
             state["nash"] = {
@@ -231,8 +224,7 @@ class NashMTL(GradientAggregator):
         return state
 
     def set_extra_state(self, state: Any) -> None:
-        super().set_extra_state(state)
-        nash = state.get("nash")
+        nash = state.get("nash")  # checkpoints from before also hold an unused seed/generator
         if nash is None:
             return
         self._build(int(nash["n_tasks"]))
