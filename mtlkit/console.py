@@ -128,8 +128,12 @@ def describe(err: BaseException) -> tuple[str, int] | None:
         return _one_line(str(own[-1]), 2000), 2 if isinstance(own[-1], ConfigError) else 1
     if any(isinstance(e, argparse.ArgumentError) for e in chain):
         return _argument_error(_messages(chain), chain), 2
-    if isinstance(err, FileNotFoundError):
-        return _one_line(str(err)), 1
+    # A file or folder that cannot be read (a tokenizer or encoder path, a checkpoint), raised
+    # as it is or wrapped by jsonargparse while a constructor ran.
+    wrapped = isinstance(err, ValueError | TypeError)
+    unreadable = [e for e in chain if isinstance(e, OSError) and (e is err or wrapped)]
+    if unreadable:
+        return _one_line(str(unreadable[0])), 1  # the outermost says which file
     return None
 
 

@@ -168,3 +168,13 @@ def test_bugs_keep_their_traceback():
     assert describe(KeyError("x")) is None
     assert describe(DataError("task 'a': bad")) == ("task 'a': bad", 1)
     assert describe(RuntimeError("wrapped")) is None
+    unreadable = OSError("Can't load tokenizer for 'no-such-folder'")
+    assert describe(unreadable) == ("Can't load tokenizer for 'no-such-folder'", 1)
+    for outer, expected in (
+        (ValueError, ("Can't load tokenizer for 'no-such-folder'", 1)),
+        (RuntimeError, None),
+    ):  # jsonargparse wraps in ValueError
+        try:
+            raise outer("Problem with given class_path ...") from unreadable
+        except outer as err:
+            assert describe(err) == expected
