@@ -2,6 +2,7 @@
 
     python -m benchmarks.weighting_overhead            # tiny encoder and the packaged MiniLM
     python -m benchmarks.weighting_overhead --quick    # tiny encoder only
+    python -m benchmarks.weighting_overhead --autogram # explicit vs autogram Gramian, tiny encoder
 
 Every config of ``configs/weighting/`` (gradient methods on the shared representation and, with
 the tiny encoder, on the parameters). Same batches for every method (mixed batches: every task
@@ -9,6 +10,12 @@ in every step), 2, 4 and 8 tasks; one step = forward, the method, backward, opti
 Methods are timed in interleaved rounds and the fastest round is kept (a new method order every
 round; the minimum is the estimate least disturbed by other load on the machine). Writes
 ``benchmarks/results/weighting_overhead.{json,md}``.
+
+``--autogram`` compares, on the tiny encoder, the Gramian-based configs on the parameters with
+``gramian: explicit`` (T backward passes, ``[T, P]`` gradients) and ``gramian: autogram``
+(torchjd's engine): the Gramians' relative difference, and the per-step time of each against
+equal weighting in interleaved rounds, with the paired per-round ratio autogram / explicit
+(min, median, max over the rounds). It prints the numbers and writes nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from mtlkit.paths import MINILM
 from mtlkit.tasks import SequenceClassification
 from mtlkit.testing import TINY_ENCODER
 from mtlkit.testing.methods import weighting_methods
-from mtlkit.weighting import Weighting
+from mtlkit.weighting import GradientWeighting, TaskGradients, Weighting
+from mtlkit.weighting.autogram import AutogramGramian
+from mtlkit.weighting.gradient import GramianAggregator, gram_matrix
 
 TINY = TINY_ENCODER
 #: Task names: the quickstart's first, which the shipped static and uncertainty configs name.
@@ -108,6 +117,74 @@ def measure(encoder, vocab, tasks, per_task, length, steps, rounds, methods) -> 
     return {name: min(v) for name, v in times.items()}
 
 
+def gramian_error(tasks: int, per_task: int, length: int, steps: int = 3) -> float:
+    """Largest relative difference (max entry) between the autogram and the explicit Gramian."""
+    model = build(lambda: HFEncoder(config=dict(TINY)), tasks, METHODS["equal"][1]())
+    batch = make_batch(tasks, per_task, length, TINY["vocab_size"])["tasks"]
+    autogram, params = AutogramGramian(), list(model.encoder.parameters())
+    worst = 0.0
+    for step in range(steps + 1):
+        losses = model.task_losses(model(batch), batch)
+        gram = autogram.gramian(torch.stack(list(losses.values())), model.encoder)
+        if step:  # step 0 builds the engine
+            explicit = gram_matrix(TaskGradients().of_parameters(losses, params))
+            error = (gram.double() - explicit).abs().max() / explicit.abs().max()
+            worst = max(worst, float(error))
+    return worst
+
+
+def autogram_rounds(tasks: int, per_task: int, length: int, steps: int, rounds: int) -> dict:
+    """Per-round step times of equal weighting and of each Gramian-based config on the
+    parameters, explicit and autogram (same batch, interleaved, a new order every round)."""
+    batch = make_batch(tasks, per_task, length, TINY["vocab_size"])
+    builders = {"equal": METHODS["equal"][1]}
+    for name, method in weighting_methods().items():
+        probe = method.build() if method.is_gradient_method else None
+        if isinstance(probe, GradientWeighting) and isinstance(probe.aggregator, GramianAggregator):
+            for mode in ("explicit", "autogram"):
+                builders[f"{name}/{mode}"] = functools.partial(
+                    method.build, works_on="parameters", gramian=mode
+                )
+    encoder = lambda: HFEncoder(config=dict(TINY))  # noqa: E731
+    models = {name: build(encoder, tasks, make()) for name, make in builders.items()}
+    for model in models.values():
+        time_steps(model, batch, 2)  # warm-up (and the autogram engines are built)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    order = list(models)
+    for r in range(rounds):
+        for i in torch.randperm(len(order), generator=torch.Generator().manual_seed(r)).tolist():
+            times[order[i]].append(time_steps(models[order[i]], batch, steps))
+    return times
+
+
+def autogram_report(
+    tasks: int = 8, per_task: int = 8, length: int = 32, steps: int = 3, rounds: int = 5
+) -> None:
+    """Smoke-size measurement (see the module docstring)."""
+    print(
+        f"autogram vs explicit Gramian: max relative difference "
+        f"{gramian_error(tasks, per_task, length):.1e}"
+    )
+    times = autogram_rounds(tasks, per_task, length, steps, rounds)
+    equal = min(times["equal"])
+    print(
+        f"tiny encoder, {tasks} tasks x {per_task} examples x {length} tokens, "
+        f"{steps} steps x {rounds} rounds; equal {equal * 1e3:.1f} ms/step (fastest round)"
+    )
+    print(
+        "| method | explicit vs equal | autogram vs equal | autogram / explicit per round "
+        "(min / median / max) |"
+    )
+    print("|---|---|---|---|")
+    for name in sorted({n.rsplit("/", 1)[0] for n in times if "/" in n}):
+        exp, auto = times[f"{name}/explicit"], times[f"{name}/autogram"]
+        paired = sorted(a / e for a, e in zip(auto, exp, strict=True))
+        print(
+            f"| {name} | {min(exp) / equal:.2f}x | {min(auto) / equal:.2f}x | "
+            f"{paired[0]:.2f} / {paired[len(paired) // 2]:.2f} / {paired[-1]:.2f} |"
+        )
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| encoder | tasks | method | kind | s/step | vs equal | target | met |",
@@ -130,8 +207,15 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny encoder only")
+    parser.add_argument(
+        "--autogram", action="store_true", help="explicit vs autogram Gramian (tiny encoder)"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --autogram")
     args = parser.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
+    if args.autogram:
+        autogram_report(rounds=args.rounds)
+        return
     setups = [("tiny", lambda: HFEncoder(config=dict(TINY)), 155, 8, 32, 10, 9)]
     if not args.quick:
         setups.append(("MiniLM-L6", lambda: HFEncoder(MINILM), 30522, 4, 32, 2, 6))

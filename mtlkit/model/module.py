@@ -248,6 +248,7 @@ class MultiTaskModule(L.LightningModule):
             ],
             loss_scale=self._loss_scale(),
             all_reduce_mean=self._all_reduce_mean,
+            shared_module=self.encoder,
         )
         combined = self.weighting(losses, ctx)
         if not self._weights_finite(combined):

@@ -34,6 +34,7 @@ class StepContext:
             process); every process must call it with tensors of the same shape.
         representations: Per-task shared representation (the encoder output the head receives),
             for methods that work on the representation (MGDA-UB, ...).
+        shared_module: The shared encoder module (``gramian="autogram"`` hooks it), or None.
         gradients: The step's per-task gradients (:class:`TaskGradients`), taken at most once:
             methods ask it for their rows, and :class:`StepObserver` callbacks (the gradient
             diagnostics) read the same rows instead of taking them again.
@@ -49,6 +50,7 @@ class StepContext:
     loss_scale: float = 1.0
     all_reduce_mean: Callable[[Tensor], Tensor] = field(default=lambda t: t)
     gradients: TaskGradients = field(default_factory=TaskGradients)
+    shared_module: nn.Module | None = None
 
 
 @dataclass

@@ -6,11 +6,12 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
+from mtlkit.weighting.autogram import AutogramGramian
 from mtlkit.weighting.base import StepContext, WeightedLoss, Weighting
-from mtlkit.weighting.gradient.base import GradientAggregator, WorksOn
+from mtlkit.weighting.gradient.base import GradientAggregator, GramianAggregator, WorksOn
 
 
 class GradientWeighting(Weighting):
@@ -47,6 +48,12 @@ class GradientWeighting(Weighting):
             (parameters for all but ``MGDAUB``). On the representation every method costs about
             one extra pass through the heads instead of one backward pass per task.
         head_gradients: ``"unweighted"`` or ``"weighted"``, see above.
+        gramian: ``"explicit"`` (default): the Gramian ``G G^T`` of the ``[T, P]`` per-task
+            gradients. ``"autogram"``: straight from the task losses by torchjd's autogram
+            engine (:mod:`mtlkit.weighting.autogram`), without the ``[T, P]`` matrix, for
+            Gramian-based aggregators on the parameters, single process, an encoder that runs
+            once per step; the first step (and one after the trainable set changes) is explicit.
+            Measured on the tiny encoder in ``benchmarks/weighting_overhead.py --autogram``.
     """
 
     needs_all_tasks = True
@@ -56,6 +63,7 @@ class GradientWeighting(Weighting):
         aggregator: GradientAggregator,
         works_on: WorksOn | None = None,
         head_gradients: Literal["unweighted", "weighted"] = "unweighted",
+        gramian: Literal["explicit", "autogram"] = "explicit",
     ) -> None:
         super().__init__()
         if works_on not in (None, "parameters", "representation"):
@@ -69,6 +77,17 @@ class GradientWeighting(Weighting):
         self.aggregator = aggregator
         self.works_on: WorksOn = works_on or aggregator.works_on
         self.head_gradients = head_gradients
+        if gramian not in ("explicit", "autogram"):
+            raise ConfigError(f"gramian must be 'explicit' or 'autogram', got {gramian!r}")
+        if gramian == "autogram" and (
+            not isinstance(aggregator, GramianAggregator) or self.works_on != "parameters"
+        ):
+            raise ConfigError(
+                "gramian='autogram' needs a Gramian-based aggregator (all but NashMTL) working "
+                "on the parameters"
+            )
+        self.gramian = gramian
+        self._autogram = AutogramGramian() if gramian == "autogram" else None
 
     def setup(self, task_names: Sequence[str]) -> None:
         super().setup(task_names)
@@ -94,12 +113,19 @@ class GradientWeighting(Weighting):
         # The model rescales each process's losses so that these means over processes are the
         # global batch's gradients and losses (absent tasks contribute zero rows).
         rows = ctx.all_reduce_mean(present) > 0
-        grads = ctx.all_reduce_mean(self.task_gradients(losses, ctx))[rows]
+        gram = self._autogram_gramian(losses, ctx) if self._autogram is not None else None
+        if gram is None:
+            grads = ctx.all_reduce_mean(self.task_gradients(losses, ctx))[rows]
         values = ctx.all_reduce_mean(values)[rows]
-        if int(rows.sum()) < 2 or not torch.isfinite(grads).all():
+        finite = torch.isfinite(grads if gram is None else gram).all()
+        if int(rows.sum()) < 2 or not finite:
             return WeightedLoss(self.weighted_sum(losses, ones), ones)
         names = [t for t, r in zip(self.task_names, rows.tolist(), strict=True) if r]
-        result = self.aggregator.aggregate(grads, values.cpu(), names)
+        if gram is None:
+            result = self.aggregator.aggregate(grads, values.cpu(), names)
+        else:
+            assert isinstance(self.aggregator, GramianAggregator)
+            result = self.aggregator.aggregate_gramian(gram, values.cpu(), names)
         weights = {t: w.to(device) for t, w in result.weights_by_task.items() if t in losses}
         if self.head_gradients == "weighted":
             return WeightedLoss(self.weighted_sum(losses, weights), weights)
@@ -117,9 +143,26 @@ class GradientWeighting(Weighting):
                 representation.register_hook(lambda grad, w=w: grad * w.to(grad.dtype))
         return WeightedLoss(self.weighted_sum(losses, ones), weights)
 
-    def task_gradients(self, losses: Mapping[str, Tensor], ctx: StepContext) -> Tensor:
-        """``[T, P]`` float32 unscaled per-task gradients, zero rows for absent tasks, taken
-        through the step's :class:`~mtlkit.weighting.TaskGradients` (``ctx.gradients``)."""
+    def _autogram_gramian(self, losses: Mapping[str, Tensor], ctx: StepContext) -> Tensor | None:
+        """The present tasks' Gramian from the autogram engine (None in the step that builds it,
+        or with fewer than two local tasks: then the explicit path decides)."""
+        probe = torch.zeros(1)
+        if ctx.all_reduce_mean(probe) is not probe:
+            raise ConfigError(
+                "gramian='autogram' is single-process: under DDP the Gramian of the global "
+                "gradients is not the mean of the processes' Gramians; use gramian='explicit'"
+            )
+        if ctx.shared_module is None:
+            raise ConfigError("gramian='autogram' needs the shared module (StepContext)")
+        self._check_trainable(ctx)
+        local = [t for t in self.task_names if t in losses and losses[t].requires_grad]
+        if len(local) < 2:
+            return None
+        assert self._autogram is not None
+        vector = torch.stack([losses[t] for t in local])
+        return self._autogram.gramian(vector, ctx.shared_module, float(ctx.loss_scale))
+
+    def _check_trainable(self, ctx: StepContext) -> list[nn.Parameter]:
         representation = self.works_on == "representation"
         params = [] if representation else ctx.shared_parameters()
         frozen = (
@@ -133,6 +176,13 @@ class GradientWeighting(Weighting):
                 "encoder, but no encoder parameter is trainable (FreezeEncoder, cached features): "
                 "use a loss-level weighting method instead"
             )
+        return params
+
+    def task_gradients(self, losses: Mapping[str, Tensor], ctx: StepContext) -> Tensor:
+        """``[T, P]`` float32 unscaled per-task gradients, zero rows for absent tasks, taken
+        through the step's :class:`~mtlkit.weighting.TaskGradients` (``ctx.gradients``)."""
+        params = self._check_trainable(ctx)
+        representation = self.works_on == "representation"
         scale = float(ctx.loss_scale)
         if representation:
             return ctx.gradients.of_representations(
