@@ -18,6 +18,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from mtlkit.testing.trainer import quiet_trainer
+
 Batch = dict[str, Any]
 
 # Precomputed batches need no workers, and the smoke run is shorter than log_every_n_steps.
@@ -115,15 +117,13 @@ class LightningSide:
 
     def run(self, batches: list[Batch], warmup: int) -> dict[str, Any]:
         timer = StepTimer()
-        trainer = L.Trainer(
+        trainer = quiet_trainer(
             accelerator="auto",
             devices=1,
             max_steps=len(batches),
             logger=TensorBoardLogger(self.logdir) if self.tensorboard else False,
             log_every_n_steps=10,
             enable_progress_bar=self.progress_bar,
-            enable_checkpointing=False,
-            enable_model_summary=False,
             num_sanity_val_steps=0,
             limit_val_batches=0,
             callbacks=[timer],

@@ -29,18 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from datasets import DatasetDict
 
 from benchmarks._chinese_data import Preloaded, build_char_tokenizer, load_cached
-from benchmarks.common import write_result
+from benchmarks.common import delta_m, write_result
 from mtlkit.callbacks import metric_rows
 from mtlkit.data import MultiTaskDataModule
 from mtlkit.data.sampling import Temperature
 from mtlkit.model import HFEncoder, MultiTaskModule
-from mtlkit.optim import LinearWarmupDecay
+from mtlkit.optim import AdamW, LinearWarmupDecay
 from mtlkit.tasks import SequenceClassification, TokenClassification
 from mtlkit.tasks.base import Task
+from mtlkit.testing.trainer import quiet_trainer
 
 CACHE = Path(__file__).resolve().parents[1] / ".mtlkit_cache" / "benchmarks"
 DATASETS = {
@@ -122,19 +122,15 @@ def train_and_test(
         dm.tasks,
         pooling="mean",
         dropout=0.1,
-        optimizer=functools.partial(torch.optim.AdamW, lr=LR, weight_decay=WEIGHT_DECAY),
+        optimizer=functools.partial(AdamW, lr=LR, weight_decay=WEIGHT_DECAY),
         lr_scheduler=functools.partial(LinearWarmupDecay, warmup=WARMUP),
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="auto",
         devices=1,
         max_steps=steps,
-        logger=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
@@ -186,16 +182,6 @@ def _stats(values: list[float]) -> dict[str, Any]:
     return {"mean": statistics.fmean(values), "std": std, "values": values}
 
 
-def _delta(mtl: float, st: float) -> float | None:
-    """``(MTL - ST) / ST * 100``; ``None`` where the single-task score is 0 (tiny smoke runs)."""
-    return (mtl - st) / st * 100 if st else None
-
-
-def _mean_defined(values: Any) -> float | None:
-    kept = [v for v in values if v is not None]
-    return statistics.fmean(kept) if kept else None
-
-
 def summarise(runs: dict[str, list[dict[str, Any]]], primary: dict[str, str]) -> dict[str, Any]:
     """Mean ± std per task, setting and metric; Δm% from the means, and per seed."""
     table: dict[str, dict[str, dict[str, Any]]] = {}
@@ -207,13 +193,18 @@ def summarise(runs: dict[str, list[dict[str, Any]]], primary: dict[str, str]) ->
             }
     st = {t: table[t]["single"][m]["values"] for t, m in primary.items()}
     mtl = {t: table[t]["multi"][m]["values"] for t, m in primary.items()}
-    per_task = {t: _delta(statistics.fmean(mtl[t]), statistics.fmean(st[t])) for t in primary}
+    st_mean = {t: statistics.fmean(v) for t, v in st.items()}
+    mtl_mean = {t: statistics.fmean(v) for t, v in mtl.items()}
+    per_task = {t: delta_m({t: mtl_mean[t]}, st_mean) for t in primary}
     seeds = len(runs["single"])
-    per_seed = [_mean_defined(_delta(mtl[t][s], st[t][s]) for t in primary) for s in range(seeds)]
+    per_seed = [
+        delta_m({t: mtl[t][s] for t in primary}, {t: st[t][s] for t in primary})
+        for s in range(seeds)
+    ]
     defined = [v for v in per_seed if v is not None]
     return {
         "metrics": table,
-        "delta_m_percent": _mean_defined(per_task.values()),
+        "delta_m_percent": delta_m(mtl_mean, st_mean),
         "delta_percent_per_task": per_task,
         "delta_m_percent_per_seed": _stats(defined) if defined else None,
     }

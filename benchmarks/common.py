@@ -1,17 +1,32 @@
-"""What every benchmark result records: the commit, the machine and the config."""
+"""What every benchmark shares: the result files (commit, machine, config), the Δm% measure and
+the shipped configs they start from."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import statistics
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+def delta_m(multi: Mapping[str, float], single: Mapping[str, float]) -> float | None:
+    """Δm% (Maninis et al. 2019, "Attentive Single-Tasking of Multiple Tasks", as LibMTL and
+    Nash-MTL report it): ``100 * mean over tasks of (multi - single) / single`` for
+    higher-is-better metrics, over the tasks of ``multi``. A task whose single-task score is 0
+    (tiny smoke runs) has no relative change and is left out; ``None`` when no task is left.
+    """
+    changes = [(multi[t] - single[t]) / single[t] for t in multi if single[t]]
+    return 100 * statistics.fmean(changes) if changes else None
 
 
 def commit() -> str:

@@ -35,16 +35,24 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import RESULTS, write_result
+from benchmarks.common import CONFIGS, RESULTS, ROOT, delta_m, write_result
 from mtlkit.testing.methods import MethodConfig, weighting_methods
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / "configs" / "quickstart.yaml"
+BASE = CONFIGS / "quickstart.yaml"
 PRIMARY = {"trec": "accuracy", "bbc_topic": "accuracy", "sentiment": "pearson"}
-MODES = {
-    # CPU budget: BBC articles cut to 64 tokens (topic is clear from the start of an article)
-    "default": {"steps": 20, "seeds": 3, "max_eval": 100, "max_length": {"bbc_topic": 64}},
-    "full": {"steps": 400, "seeds": 5, "max_eval": None, "max_length": {}},
+MODES: dict[str, dict[str, Any]] = {
+    # CPU budget: BBC articles cut to 64 tokens (topic is clear from the start of an article),
+    # and gradient methods aggregate on the shared representation (on this CPU per-parameter
+    # gradients, one backward per task over 22M parameters, cost 3-5x a step).
+    "default": {
+        "steps": 20,
+        "seeds": 3,
+        "max_eval": 100,
+        "max_length": {"bbc_topic": 64},
+        "gradient_on": "representation",
+    },
+    # Each config's own settings.
+    "full": {"steps": 400, "seeds": 5, "max_eval": None, "max_length": {}, "gradient_on": None},
 }
 SAMPLING = {
     "proportional": "mtlkit.data.sampling.Proportional",
@@ -73,15 +81,24 @@ def rows() -> dict[str, dict[str, Any]]:
     for method in sorted(weighting_methods().values(), key=_weighting_order):
         row: dict[str, Any] = {"config": method.path, "mixed": True}
         if method.is_gradient_method:
-            # On this CPU per-parameter gradients (one backward per task over 22M parameters)
-            # cost 3-5x a step, so the default suite aggregates gradients on the shared
-            # representation (as MGDA-UB does); --full keeps each config's own choice.
+            # Where a mode's ``gradient_on`` (MODES) applies: the default CPU suite aggregates
+            # on the shared representation, as MGDA-UB does; --full keeps the config's choice.
             row["gradient_on"] = "representation"
         table[f"weighting/{method.name}"] = row
     return table
 
 
-def _override_files(row: dict[str, Any], tmp: Path, max_length: dict[str, int]) -> list[str]:
+def _mode_of(max_length: dict[str, int]) -> str:
+    """The mode whose BBC cut ``max_length`` is (for callers that pass only that)."""
+    return next(m for m, s in MODES.items() if s["max_length"] == max_length)
+
+
+def _override_files(
+    row: dict[str, Any], tmp: Path, max_length: dict[str, int], mode: str | None = None
+) -> list[str]:
+    """``--config`` arguments for one row: its tasks (with the mode's ``max_length`` cuts), its
+    data and weighting overrides, and the mode's ``gradient_on`` for gradient methods."""
+    gradient_on = MODES[mode or _mode_of(max_length)]["gradient_on"]
     files: list[str] = []
     base = yaml.safe_load(BASE.read_text())
     tasks = [
@@ -101,32 +118,30 @@ def _override_files(row: dict[str, Any], tmp: Path, max_length: dict[str, int]) 
         files.append(str(path))
     if "config" in row:
         files.append(str(row["config"]))
-    if "gradient_on" in row and max_length:  # the default (CPU) suite only, see rows()
+    if "gradient_on" in row and gradient_on is not None:
         path = tmp / "gradient_on.yaml"
-        weighting = {"weighting": {"init_args": {"works_on": row["gradient_on"]}}}
+        weighting = {"weighting": {"init_args": {"works_on": gradient_on}}}
         path.write_text(yaml.safe_dump({"model": {"init_args": weighting}}))
         files.append(str(path))
     return [arg for f in files for arg in ("--config", f)]
 
 
-def run_one(
-    row: dict[str, Any], seed: int, steps: int, max_eval: int | None, max_length: dict[str, int]
-) -> dict[str, Any]:
-    """Trains one row with one seed; returns validation metrics and wall time."""
+def run_one(row: dict[str, Any], seed: int, mode: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Trains one row with one seed under ``mode``'s ``settings`` (:data:`MODES`, with the
+    command line's seeds/steps); returns validation metrics and wall time."""
     from mtlkit.callbacks import metric_rows
     from mtlkit.cli import cli_main
+    from mtlkit.testing.trainer import quiet_cli_args
 
+    max_eval = settings["max_eval"]
     n_tasks = 1 if "single" in row else len(PRIMARY)
-    total = steps * n_tasks
+    total = settings["steps"] * n_tasks
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["fit", "--config", str(BASE), *_override_files(row, Path(tmp), max_length)]
+        overrides = _override_files(row, Path(tmp), settings["max_length"], mode)
+        args = ["fit", "--config", str(BASE), *overrides, *quiet_cli_args()]
         args += [
             f"--seed_everything={seed}",
-            "--trainer.logger=false",
             "--trainer.callbacks=[]",
-            "--trainer.enable_checkpointing=false",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
             f"--trainer.max_steps={total}",
             "--trainer.max_epochs=1",
             f"--data.init_args.steps_per_epoch={total}",
@@ -162,12 +177,9 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
         means = [statistics.fmean(r["val"][t][PRIMARY[t]] for t in tasks) for r in runs]
         entry: dict[str, Any] = {"tasks": per_task, "mean": _mean_std(means)}
         if not name.startswith("single/") and set(single) == set(tasks):
-            deltas = [
-                100
-                * statistics.fmean((r["val"][t][PRIMARY[t]] - single[t]) / single[t] for t in tasks)
-                for r in runs
-            ]
-            entry["delta_m"] = _mean_std(deltas)
+            deltas = [delta_m({t: r["val"][t][PRIMARY[t]] for t in tasks}, single) for r in runs]
+            if None not in deltas:
+                entry["delta_m"] = _mean_std(deltas)
         entry["seconds"] = statistics.fmean(r["seconds"] for r in runs)
         summary[name] = entry
     return summary
@@ -268,9 +280,7 @@ def mtl_suite(
             continue
         runs = []
         for seed in range(settings["seeds"]):
-            out = run_one(
-                row, seed, settings["steps"], settings["max_eval"], settings["max_length"]
-            )
+            out = run_one(row, seed, mode, settings)
             runs.append(out)
             print(f"[bench] {name} seed {seed}: {out['seconds']} s", flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)

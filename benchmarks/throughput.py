@@ -4,11 +4,14 @@
     python -m benchmarks.throughput --smoke    # seconds: the tiny BERT only, few steps
     python -m benchmarks.throughput --full     # bigger batches and more steps (for a GPU)
 
-Both sides train the same encoder (same weights), the same mean-pooling + linear heads, with the
-same AdamW (lr 5e-5, weight decay 0.01, constant rate), on the same collated batches: the first
-batches of one training epoch of a ``MultiTaskDataModule`` over the quickstart tasks
-(homogeneous batches, temperature sampling, ``group_by_length``, seed 0). Every side checks that
-it trained on exactly those batches. Sides:
+Everything is read from the shipped ``configs/quickstart.yaml``, built as ``mtlkit fit`` builds
+it: the data module (tasks, sampling, batch mode, ``group_by_length``, tokenizer; this mode's batch
+size, one whole epoch, seed 0), the pooling, dropout and optimizer (``mtlkit.optim.AdamW``, its
+fused kernel). The benchmark's own choices: a constant learning rate, one rate for encoder and
+heads (``lr_scheduler`` and ``head_lr`` off, so the plain loop can match them), and the tiny
+encoder. Both sides train the same encoder (same weights), the same pooling + linear heads, with
+the same optimizer, on the same collated batches: the first batches of the training epoch. Every
+side checks that it trained on exactly those batches. Sides:
 
 * ``plain``: a hand-written loop (``AutoModel`` forward, pooling, head, loss, backward,
   ``optimizer.step()``, ``zero_grad``).
@@ -45,14 +48,15 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from benchmarks._timing import Batch, LightningSide, ModuleLoop, PlainLoop, fingerprint
-from benchmarks.common import write_result
-from mtlkit.data import MultiTaskDataModule, PythonCallable
+from benchmarks.common import CONFIGS, write_result
+from mtlkit.cli import cli_main
+from mtlkit.data import MultiTaskDataModule
 from mtlkit.data.batching import count_tokens
-from mtlkit.data.sampling import Temperature
 from mtlkit.model import HFEncoder, MultiTaskModule
 from mtlkit.paths import MINILM, resolve_path
-from mtlkit.tasks import Regression, SequenceClassification
+from mtlkit.tasks import Regression
 from mtlkit.tasks.base import Task
+from mtlkit.testing.trainer import quiet_cli_args
 
 #: Each side adds one layer to the one before: the difference between two is that layer's cost.
 ALL_SIDES = [
@@ -94,40 +98,47 @@ TINY = {
     "num_attention_heads": 4,
     "intermediate_size": 37,
 }
-LR, WEIGHT_DECAY, DROPOUT, TARGET = 5e-5, 0.01, 0.1, 1.05
+QUICKSTART = CONFIGS / "quickstart.yaml"
+TARGET = 1.05
 
 
-def quickstart_tasks() -> list[Task]:
-    """The tasks of ``configs/quickstart.yaml``, built in Python."""
-    sentiment = PythonCallable(
-        "mtlkit.packaged.sentiment_ratings",
-        kwargs={"sources": ["tweets", "amazonReviewSnippets", "nytEditorialSnippets"]},
+def quickstart(cfg: dict[str, Any]) -> tuple[MultiTaskDataModule, MultiTaskModule]:
+    """The data module (set up for fit) and model of ``configs/quickstart.yaml`` as ``mtlkit fit``
+    builds them, quiet, with this mode's batch size and training cap, one whole epoch (no
+    ``steps_per_epoch``), seed 0, a constant learning rate and one rate for encoder and heads."""
+    cap = cfg["max_train_examples"]
+    cli = cli_main(
+        [
+            "--config",
+            str(QUICKSTART),
+            *quiet_cli_args(),
+            "--trainer.callbacks=[]",
+            f"--data.init_args.batch_size={cfg['batch_size']}",
+            f"--data.init_args.max_train_examples={'null' if cap is None else cap}",
+            "--data.init_args.steps_per_epoch=null",
+            "--data.init_args.seed=0",
+            "--model.init_args.lr_scheduler=null",
+            "--model.init_args.head_lr=null",
+        ],
+        run=False,
     )
-    return [
-        SequenceClassification("trec", PythonCallable("mtlkit.packaged.trec"), max_length=48),
-        SequenceClassification(
-            "bbc_topic", PythonCallable("mtlkit.packaged.bbc_news"), max_length=128
-        ),
-        Regression("sentiment", sentiment, max_length=64, target_scale=2.0),
-    ]
+    cli.datamodule.setup("fit")
+    return cli.datamodule, cli.model
 
 
-def data_module(
-    cfg: dict[str, Any], group_by_length: bool, like: MultiTaskDataModule | None = None
-) -> MultiTaskDataModule:
-    """The quickstart mixture; ``like``: reuse its tasks and tokenized splits (no reload)."""
+def ungrouped(like: MultiTaskDataModule) -> MultiTaskDataModule:
+    """``like`` without ``group_by_length``, reusing its tasks and tokenized splits (no reload)."""
     dm = MultiTaskDataModule(
-        like.tasks if like else quickstart_tasks(),
-        MINILM,
-        sampling=Temperature(2.0),
-        batch_mode="homogeneous",
-        batch_size=cfg["batch_size"],
-        group_by_length=group_by_length,
-        max_train_examples=cfg["max_train_examples"],
-        seed=0,
+        like.tasks,
+        like.tokenizer_path,
+        sampling=like.sampling,
+        batch_mode=like.batch_mode,
+        batch_size=like.batch_size,
+        group_by_length=False,
+        max_train_examples=like.max_train_examples,
+        seed=like.seed,
     )
-    if like is not None:
-        dm.tokenizer, dm.splits = like.tokenizer, like.splits
+    dm.tokenizer, dm.splits = like.tokenizer, like.splits
     dm.setup("fit")
     return dm
 
@@ -152,12 +163,11 @@ def padding_share(dm: MultiTaskDataModule) -> tuple[dict[str, Any], list[Batch]]
     return stats, batches
 
 
-def adamw(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
-
-
-def build_models(encoder: str, tasks: list[Task]) -> tuple[MultiTaskModule, nn.Module]:
-    """mtlkit's module and the plain ``AutoModel`` + heads, with identical weights."""
+def build_models(encoder: str, like: MultiTaskModule) -> tuple[MultiTaskModule, nn.Module]:
+    """A fresh mtlkit module configured as ``like`` (the config's) and the plain ``AutoModel`` +
+    heads, with identical weights; ``encoder``: ``minilm`` (the config's) or ``tiny``."""
+    if like.pooling != "mean":
+        raise ValueError(f"the plain loop pools by the mean, the config by {like.pooling!r}")
     torch.manual_seed(0)
     if encoder == "tiny":
         config = AutoConfig.from_pretrained(resolve_path(MINILM), **TINY)
@@ -166,27 +176,34 @@ def build_models(encoder: str, tasks: list[Task]) -> tuple[MultiTaskModule, nn.M
     else:
         mtl_encoder = HFEncoder(MINILM)
         plain = AutoModel.from_pretrained(resolve_path(MINILM), add_pooling_layer=False)
+    tasks = list(like.tasks.values())
     model = MultiTaskModule(
-        mtl_encoder, tasks, pooling="mean", dropout=DROPOUT, optimizer=adamw, lr_scheduler=None
+        mtl_encoder,
+        tasks,
+        pooling=like.pooling,
+        dropout=like.dropout,
+        optimizer=like.optimizer_fn,
+        lr_scheduler=None,
     )
     plain.load_state_dict(model.encoder.model.state_dict())
     heads = nn.ModuleDict()
     for task in tasks:
         out = 1 if isinstance(task, Regression) else task.num_labels
         heads[task.name] = nn.Sequential(
-            nn.Dropout(DROPOUT), nn.Linear(plain.config.hidden_size, out)
+            nn.Dropout(like.dropout), nn.Linear(plain.config.hidden_size, out)
         )
         heads[task.name][1].load_state_dict(model.heads[task.name][1].state_dict())
     return model, nn.ModuleDict({"encoder": plain, "heads": heads})
 
 
-def measure(run: dict[str, Any], batches: list[Batch], tasks: list[Task]) -> dict[str, Any]:
+def measure(run: dict[str, Any], batches: list[Batch], like: MultiTaskModule) -> dict[str, Any]:
     """Interleaved rounds of every side; per side and round: mean step, CPU and loop times."""
-    model, plain = build_models(run["encoder"], tasks)
+    model, plain = build_models(run["encoder"], like)
+    tasks: list[Task] = list(like.tasks.values())
     scales = {t.name: t.target_scale for t in tasks if isinstance(t, Regression)}
     logdir = tempfile.mkdtemp(prefix="mtlkit-throughput-")
     sides = {
-        "plain": PlainLoop(plain, scales, adamw),
+        "plain": PlainLoop(plain, scales, like.optimizer_fn),
         "module_only": ModuleLoop(model),
         "mtlkit_nolog": LightningSide(model, logdir, mute_log=True),
         "mtlkit": LightningSide(model, logdir),
@@ -288,29 +305,35 @@ def run(mode: str = "default") -> dict[str, Any]:
     """Runs the benchmark in ``mode`` (``smoke``, ``default`` or ``full``); returns the payload."""
     cfg = SETTINGS[mode]
     start = time.perf_counter()
-    grouped = data_module(cfg, group_by_length=True)
+    grouped, config_model = quickstart(cfg)
     padding = {}
     padding["grouped"], epoch = padding_share(grouped)
-    padding["ungrouped"], _ = padding_share(data_module(cfg, False, like=grouped))
+    padding["ungrouped"], _ = padding_share(ungrouped(grouped))
     results = {}
     for spec in cfg["runs"]:
         # The first steps of a real training run, replayed by every side in every round.
         batches = epoch[: spec["warmup"] + spec["steps"]]
-        results[spec["encoder"]] = measure(spec, batches, grouped.tasks)
+        results[spec["encoder"]] = measure(spec, batches, config_model)
     head = cfg["runs"][0]["encoder"]
     ratio = results[head]["sides"]["mtlkit"]["ratio"]
+    optimizer = config_model.optimizer_fn([nn.Parameter(torch.zeros(1))])  # its settings
     payload = {
         "mode": mode,
         "settings": {
             **cfg,
+            "config": str(QUICKSTART.relative_to(CONFIGS.parent)),
             "tasks": grouped.task_names,
-            "sampling": "temperature T=2",
-            "batch_mode": "homogeneous",
-            "group_by_length": True,
-            "seed": 0,
-            "optimizer": f"AdamW lr={LR} weight_decay={WEIGHT_DECAY}, constant",
-            "dropout": DROPOUT,
-            "pooling": "mean",
+            "sampling": repr(grouped.sampling),
+            "batch_mode": grouped.batch_mode,
+            "group_by_length": grouped.group_by_length,
+            "seed": grouped.seed,
+            "optimizer": {
+                "class": type(optimizer).__qualname__,
+                **{k: optimizer.defaults[k] for k in ("lr", "weight_decay", "fused", "foreach")},
+                "schedule": "constant",
+            },
+            "dropout": config_model.dropout,
+            "pooling": config_model.pooling,
             "tiny_encoder": TINY,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "torch_threads": torch.get_num_threads(),

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from benchmarks.common import RESULTS, write_result
 
@@ -89,7 +88,9 @@ def run_one(
 ) -> dict[str, Any]:
     from mtlkit.data import MultiTaskDataModule
     from mtlkit.model import MultiTaskModule
+    from mtlkit.optim import AdamW
     from mtlkit.paths import MINILM
+    from mtlkit.testing.trainer import quiet_trainer
 
     L.seed_everything(seed, verbose=False)
     tokenizer = "pkg:mtlkit/testing/tiny_tokenizer" if smoke else MINILM
@@ -108,16 +109,12 @@ def run_one(
         dm.tasks,
         head_lr=HEAD_LR[regime],
         init_from=str(source) if init == "multitask" else None,
-        optimizer=lambda p, lr=LR[regime]: torch.optim.AdamW(p, lr=lr, weight_decay=0.01),
+        optimizer=lambda p, lr=LR[regime]: AdamW(p, lr=lr, weight_decay=0.01),
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_steps=steps,
         max_epochs=1,
         accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         callbacks=_callbacks(regime, steps),

@@ -44,14 +44,7 @@ def tiny_model(tasks, **kw) -> MultiTaskModule:
 
 
 def quiet_trainer(tmp_path, **kw):
-    """A CPU trainer without logger, checkpoints or progress bar (override any of them)."""
-    import lightning as L
+    """:func:`mtlkit.testing.trainer.quiet_trainer` in ``tmp_path`` (override any argument)."""
+    from mtlkit.testing.trainer import quiet_trainer
 
-    args = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    )
-    args.update(kw)
-    return L.Trainer(**args)
+    return quiet_trainer(default_root_dir=tmp_path, **kw)

@@ -24,6 +24,7 @@ from mtlkit.errors import ConfigError, DataError
 from mtlkit.model import HFEncoder, MultiTaskModule
 from mtlkit.tasks import Regression, SequenceClassification, TokenClassification
 from mtlkit.testing import TINY_ENCODER
+from mtlkit.testing.trainer import quiet_trainer
 from mtlkit.weighting import DynamicWeightAverage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,17 +56,13 @@ def _trainer(tmp_path, **kw) -> L.Trainer:
     args = dict(
         accelerator="cpu",
         max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         use_distributed_sampler=False,
         default_root_dir=str(tmp_path),
     )
     args.update(kw)
-    return L.Trainer(**args)
+    return quiet_trainer(**args)
 
 
 def _fit(tmp_path, model, dm, **fit_kw):

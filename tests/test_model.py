@@ -120,13 +120,7 @@ def test_short_fit_beats_chance_and_checkpoint_restores_heads(mode, tmp_path):
     tasks = [toy_task("a", n=120), toy_task("b", n=120, seed=1)]
     dm = toy_datamodule(tasks, batch_mode=mode, batch_size=16, steps_per_epoch=40)
     model = tiny_model(dm.tasks, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
-    trainer = L.Trainer(
-        max_epochs=2,
-        logger=False,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=2, enable_checkpointing=True)
     trainer.fit(model, dm)
     metrics = trainer.callback_metrics
     assert metrics["val/a/accuracy"] > 0.75 and metrics["val/b/accuracy"] > 0.75

@@ -48,6 +48,7 @@ from helpers import tiny_model, toy_datamodule, toy_task
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from mtlkit.testing.methods import weighting_methods
+from mtlkit.testing.trainer import quiet_trainer
 
 METHODS = weighting_methods()
 #: Toy tasks named as the quickstart's, which the shipped static and uncertainty configs name.
@@ -92,12 +93,8 @@ def _update(name: str, precision: str, init_scale: float = 2.0**8, steps: int = 
     if precision == "16-mixed":
         scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
         plugins = [MixedPrecision("16-mixed", "cpu", scaler=scaler)]
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         accelerator="cpu",
         precision=None if plugins else precision,

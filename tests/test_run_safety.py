@@ -30,6 +30,7 @@ from mtlkit.errors import ConfigError, DataError
 from mtlkit.model.module import NonFiniteError
 from mtlkit.run_folder import lock_path
 from mtlkit.tasks import Regression, SequenceClassification
+from mtlkit.testing.trainer import quiet_trainer
 from mtlkit.weighting import StaticWeighting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,17 +82,13 @@ def _trainer(tmp_path, **kw) -> L.Trainer:
     args = dict(
         accelerator="cpu",
         max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         use_distributed_sampler=False,
         default_root_dir=str(tmp_path),
     )
     args.update(kw)
-    return L.Trainer(**args)
+    return quiet_trainer(**args)
 
 
 def _reg(n: int = 24) -> Regression:

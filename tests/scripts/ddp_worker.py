@@ -23,6 +23,7 @@ from helpers import tiny_model, toy_datamodule, toy_task  # noqa: E402
 from mtlkit.data.sampling import Annealed, Proportional, Temperature, Uniform  # noqa: E402
 from mtlkit.optim import adamw  # noqa: E402
 from mtlkit.testing.methods import weighting_methods  # noqa: E402
+from mtlkit.testing.trainer import quiet_trainer  # noqa: E402
 
 GLOBAL_BATCH = 16
 METHODS = weighting_methods()
@@ -51,14 +52,10 @@ def _no_dropout(model: torch.nn.Module) -> None:
 
 def _trainer(world: int, **kwargs) -> L.Trainer:
     """A quiet CPU trainer on ``world`` gloo processes (mtlkit shards the data itself)."""
-    return L.Trainer(
+    return quiet_trainer(
         accelerator="cpu",
         devices=world,
         strategy="ddp" if world > 1 else "auto",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         use_distributed_sampler=False,
         **kwargs,
     )
