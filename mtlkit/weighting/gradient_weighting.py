@@ -11,15 +11,21 @@ from torch import Tensor, nn
 from mtlkit.errors import ConfigError
 from mtlkit.weighting.autogram import AutogramGramian
 from mtlkit.weighting.base import StepContext, WeightedLoss, Weighting
-from mtlkit.weighting.gradient.base import GradientAggregator, GramianAggregator, WorksOn
+from mtlkit.weighting.gradient.base import (
+    AggregatedGradient,
+    GradientAggregator,
+    GramianAggregator,
+    WorksOn,
+)
 
 
 class GradientWeighting(Weighting):
     """Runs a gradient aggregator and back-propagates the loss combination it implies.
 
-    Every aggregator here returns ``direction = sum_t w_t g_t``, so back-propagating
-    ``sum_t w_t L_t`` (weights detached) gives the shared parameters exactly the aggregated
-    direction, and the model keeps Lightning's automatic optimisation, gradient scaling and DDP.
+    Every aggregator returns the weights ``w`` of its update ``sum_t w_t g_t``, so
+    back-propagating ``sum_t w_t L_t`` (weights detached) gives the shared parameters exactly the
+    aggregated direction (never formed here), and the model keeps Lightning's automatic
+    optimisation, gradient scaling and DDP.
 
     Per-task gradients are taken of ``L_t * ctx.loss_scale`` (the fp16 gradient scaler's scale,
     1 otherwise, so small gradients do not underflow) and unscaled in float32 before any
@@ -96,8 +102,21 @@ class GradientWeighting(Weighting):
     def forward(self, losses: Mapping[str, Tensor], ctx: StepContext) -> WeightedLoss:
         device = next(iter(losses.values())).device
         ones = {t: torch.ones((), device=device) for t in losses}
-        if not torch.is_grad_enabled():
+        result = self._aggregate(losses, ctx) if torch.is_grad_enabled() else None
+        if result is None:
             return WeightedLoss(self.weighted_sum(losses, ones), ones)
+        weights = {t: w.to(device) for t, w in result.weights_by_task.items() if t in losses}
+        if self.head_gradients == "weighted":
+            return WeightedLoss(self.weighted_sum(losses, weights), weights)
+        self._hook_head_inputs(weights, ctx)
+        return WeightedLoss(self.weighted_sum(losses, ones), weights)
+
+    def _aggregate(
+        self, losses: Mapping[str, Tensor], ctx: StepContext
+    ) -> AggregatedGradient | None:
+        """The aggregator's weights for the tasks present on any process, or None (equal
+        weights) with fewer than two tasks or non-finite gradients (an fp16 overflow step)."""
+        device = next(iter(losses.values())).device
         # One row per task of the model (zeros where absent), so every process all-reduces the
         # same shapes even when a task is missing from its part of the batch.
         present = torch.tensor(
@@ -117,18 +136,18 @@ class GradientWeighting(Weighting):
         if gram is None:
             grads = ctx.all_reduce_mean(self.task_gradients(losses, ctx))[rows]
         values = ctx.all_reduce_mean(values)[rows]
-        finite = torch.isfinite(grads if gram is None else gram).all()
-        if int(rows.sum()) < 2 or not finite:
-            return WeightedLoss(self.weighted_sum(losses, ones), ones)
+        if int(rows.sum()) < 2 or not torch.isfinite(grads if gram is None else gram).all():
+            return None
         names = [t for t, r in zip(self.task_names, rows.tolist(), strict=True) if r]
         if gram is None:
-            result = self.aggregator.aggregate(grads, values.cpu(), names)
-        else:
-            assert isinstance(self.aggregator, GramianAggregator)
-            result = self.aggregator.aggregate_gramian(gram, values.cpu(), names)
-        weights = {t: w.to(device) for t, w in result.weights_by_task.items() if t in losses}
-        if self.head_gradients == "weighted":
-            return WeightedLoss(self.weighted_sum(losses, weights), weights)
+            return self.aggregator.aggregate(grads, values.cpu(), names)
+        assert isinstance(self.aggregator, GramianAggregator)
+        return self.aggregator.aggregate_gramian(gram, values.cpu(), names)
+
+    @staticmethod
+    def _hook_head_inputs(weights: Mapping[str, Tensor], ctx: StepContext) -> None:
+        """``head_gradients="unweighted"``: the gradient flowing from each head into the encoder
+        is multiplied by the task's weight."""
         # Under DDP a task may be in `losses` only as another process's constant (no head input
         # here): hooks go on this process's head inputs.
         local = [t for t in weights if t in ctx.representations]
@@ -141,7 +160,6 @@ class GradientWeighting(Weighting):
             representation, w = ctx.representations[t], weights[t]
             if representation.requires_grad:
                 representation.register_hook(lambda grad, w=w: grad * w.to(grad.dtype))
-        return WeightedLoss(self.weighted_sum(losses, ones), weights)
 
     def _autogram_gramian(self, losses: Mapping[str, Tensor], ctx: StepContext) -> Tensor | None:
         """The present tasks' Gramian from the autogram engine (None in the step that builds it,
