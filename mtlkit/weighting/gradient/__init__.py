@@ -31,11 +31,11 @@ from mtlkit.weighting.gradient.base import (
     GramianAggregator,
     combine,
     gram_matrix,
-    min_norm_point,
 )
 from mtlkit.weighting.gradient.cagrad import CAGrad
 from mtlkit.weighting.gradient.imtl_g import IMTLG
 from mtlkit.weighting.gradient.mgda import MGDA, MGDAUB
+from mtlkit.weighting.gradient.min_norm import min_norm_point
 from mtlkit.weighting.gradient.pcgrad import PCGrad
 from mtlkit.weighting.gradient.torchjd_aggregators import NashMTL, UPGrad
 

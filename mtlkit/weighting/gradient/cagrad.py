@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtlkit.weighting.gradient.base import GramianAggregator, min_norm_point
+from mtlkit.weighting.gradient.base import GramianAggregator
+from mtlkit.weighting.gradient.min_norm import min_norm_point
 
 
 class CAGrad(GramianAggregator):

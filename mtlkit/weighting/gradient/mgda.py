@@ -7,7 +7,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from mtlkit.weighting.gradient.base import GramianAggregator, WorksOn, min_norm_point
+from mtlkit.weighting.gradient.base import GramianAggregator, WorksOn
+from mtlkit.weighting.gradient.min_norm import min_norm_point
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
 Solver = Literal["exact", "frank_wolfe"]
