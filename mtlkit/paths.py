@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -55,9 +56,20 @@ def package_dir(package: str) -> Path:
 def resolve_path(path: str) -> str:
     """Expands ``pkg:<package>/<sub/path>`` to a folder inside an installed package.
 
-    Any other string (a local folder or a hub name) is returned unchanged.
+    Any other string (a local folder or a hub name) is returned unchanged, after a check: a path
+    that is not there gets one error naming it (rather than the hub client's connection error),
+    when it is written as a path (``/``, ``.``, ``~``) or when the hub is offline.
     """
     if not path.startswith("pkg:"):
+        if not Path(path).expanduser().exists():
+            offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+            if path.startswith(("/", ".", "~")):
+                raise ConfigError(f"{path!r} does not exist (expected a model or tokenizer folder)")
+            if offline:
+                raise ConfigError(
+                    f"{path!r} is not a local folder, and the Hugging Face hub is offline "
+                    "(HF_HUB_OFFLINE=1): give the path of a saved model or tokenizer folder"
+                )
         return path
     package, _, sub = path[len("pkg:") :].partition("/")
     full = package_dir(package) / sub

@@ -178,3 +178,17 @@ def test_bugs_keep_their_traceback():
             raise outer("Problem with given class_path ...") from unreadable
         except outer as err:
             assert describe(err) == expected
+
+
+def test_missing_encoder_or_tokenizer_folder_is_named(tmp_path):
+    """A path that is not there: one line naming it (it was transformers' "couldn't connect to
+    https://huggingface.co" text, which does not say which path)."""
+    from mtlkit.errors import ConfigError
+    from mtlkit.paths import resolve_path
+
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ConfigError, match="no-such-model.*does not exist"):
+        resolve_path(missing)
+    with pytest.raises(ConfigError, match="'some-org/some-model' is not a local folder.*offline"):
+        resolve_path("some-org/some-model")
+    assert resolve_path(str(tmp_path)) == str(tmp_path)
