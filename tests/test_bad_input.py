@@ -330,7 +330,7 @@ CASES = [
         DataError,
         r"task 'ner': column 'tokens' must hold one list per example \(words or tags\)",
     ),
-    (case_unknown_tokenizer_folder, OSError, r"no-such-tokenizer"),
+    (case_unknown_tokenizer_folder, ConfigError, r"no-such-tokenizer.*does not exist"),
 ]
 
 
