@@ -49,3 +49,16 @@ def test_gradient_on_comes_from_the_mode_not_from_max_length(tmp_path, mode, exp
             override["model"]["init_args"]["weighting"]["init_args"]["works_on"]
             == (run.MODES[mode]["gradient_on"])
         )
+
+
+def test_profile_step_splits_both_sides():
+    from benchmarks import profile_step
+
+    result = profile_step.profile("tiny", steps=3, batch_size=4)
+    for side, parts in result.items():
+        counted = sum(v for k, v in parts.items() if k != "total" and not k.startswith(" "))
+        assert counted == pytest.approx(parts["total"]), side
+        assert parts["encoder forward"] > 0 and parts["backward"] > 0
+        assert parts["optimizer kernels"] > 0
+    assert result["mtlkit"]["  of which self.log"] > 0
+    assert "| mtlkit | post-step parameter check |" in profile_step.markdown(result)
