@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtlkit.diagnostics import GradientDiagnostics, cosine_matrix, matrix_image, task_gradients
+from mtlkit.testing.trainer import quiet_trainer
 from mtlkit.weighting import EqualWeighting, GradientWeighting, GradNorm, TaskGradients
 from mtlkit.weighting.gradient import MGDA, MGDAUB
 
@@ -42,14 +43,8 @@ def test_callback_logs_norms_cosines_and_image(tmp_path):
     model = tiny_model(dm.tasks)
     diag = GradientDiagnostics(every_n_steps=2)
     logger = TensorBoardLogger(tmp_path, name="diag")
-    trainer = L.Trainer(
-        max_steps=5,
-        logger=logger,
-        callbacks=[diag],
-        log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
+    trainer = quiet_trainer(
+        max_steps=5, logger=logger, callbacks=[diag], log_every_n_steps=1, limit_val_batches=0
     )
     trainer.fit(model, dm)
     assert diag.last["tasks"] == ["a", "b"] and diag.last["step"] == 4
@@ -92,14 +87,7 @@ def test_callback_reuses_the_gradients_the_method_took(tmp_path, weighting, adde
     dm = toy_datamodule([toy_task("a"), toy_task("b", seed=1)], batch_mode="mixed", batch_size=8)
     model = tiny_model(dm.tasks, weighting=weighting())
     diag = _CountingDiagnostics(every_n_steps=2)
-    trainer = L.Trainer(
-        max_steps=3,
-        logger=False,
-        callbacks=[diag],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=3, callbacks=[diag], limit_val_batches=0)
     trainer.fit(model, dm)
     assert diag.added == [added, added] and diag.last["step"] == 2
     assert -1.0 <= float(diag.last["cosine"][0, 1]) <= 1.0
