@@ -114,7 +114,52 @@ class TaskAdapters:
         return names
 
 
-class LoRAEncoder(HFEncoder):
+class AdapterEncoder(HFEncoder):
+    """Base of the frozen encoders that give each task its own peft adapter (LoRA, soft
+    prompts): the per-task bookkeeping, ``adapters_from`` and saving/loading in peft's format.
+
+    Subclasses pass how to build one adapter's peft config and implement :meth:`add_adapters`.
+
+    Args:
+        make_config: Builds the peft config of one new adapter.
+        adapters_from: A folder written by :meth:`save_adapters`; each task's adapter is loaded
+            from it when created.
+        **kwargs: The arguments of :class:`HFEncoder` (``name_or_path`` or ``config``, ...).
+    """
+
+    per_task = True
+
+    def __init__(
+        self,
+        make_config: Callable[[], PeftConfig],
+        adapters_from: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.adapters = TaskAdapters(make_config)
+        self.adapters_from = adapters_from
+
+    def add_adapters(self, task_names: list[str]) -> list[str]:
+        """Adds an adapter for each task that has none yet; returns the new names."""
+        return self.adapters.add(self.model, task_names)
+
+    def prepare_tasks(self, task_names: list[str]) -> None:
+        """Adds an adapter for each new task (the pretrained weights stay frozen), loaded from
+        ``adapters_from`` when set."""
+        new = self.add_adapters(task_names)
+        if new and self.adapters_from is not None:
+            self.adapters.load(self.adapters_from, new)
+
+    def save_adapters(self, folder: str | Path, tasks: list[str] | None = None) -> None:
+        """Saves the adapters of ``tasks`` (default all) in peft's format: ``folder/<task>/``."""
+        self.adapters.save(folder, tasks)
+
+    def load_adapters(self, folder: str | Path, tasks: list[str] | None = None) -> list[str]:
+        """Loads adapters saved by :meth:`save_adapters` into this encoder's tasks."""
+        return self.adapters.load(folder, tasks)
+
+
+class LoRAEncoder(AdapterEncoder):
     """Frozen pretrained encoder plus one LoRA adapter per task (Hu et al. 2021, "LoRA:
     Low-Rank Adaptation of Large Language Models"), built by peft.
 
@@ -129,10 +174,6 @@ class LoRAEncoder(HFEncoder):
 
     Args:
         name_or_path: See :class:`HFEncoder`.
-        config: See :class:`HFEncoder`.
-        trust_remote_code: See :class:`HFEncoder`.
-        gradient_checkpointing: See :class:`HFEncoder`.
-        keep_layers: See :class:`HFEncoder`.
         r: Rank of the low-rank update.
         alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
         dropout: Dropout on the adapter's input.
@@ -140,47 +181,40 @@ class LoRAEncoder(HFEncoder):
             type (the attention ``query`` and ``value`` projections of BERT-like models).
         adapters_from: A folder written by :meth:`save_adapters`; each task's adapter is loaded
             from it when created.
+        **kwargs: The other arguments of :class:`HFEncoder` (``config``, ``keep_layers``, ...).
     """
-
-    per_task = True
 
     def __init__(
         self,
         name_or_path: str | None = None,
-        config: dict[str, Any] | None = None,
-        trust_remote_code: bool = False,
-        gradient_checkpointing: bool = False,
-        keep_layers: list[int] | None = None,
+        *,
         r: int = 8,
         alpha: float = 16.0,
         dropout: float = 0.1,
         target_modules: list[str] | None = None,
         adapters_from: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            name_or_path, config, trust_remote_code, gradient_checkpointing, keep_layers
-        )
         if r < 1 or alpha <= 0 or not 0.0 <= dropout < 1.0:
             raise ConfigError(
                 f"LoRA needs r >= 1, alpha > 0, 0 <= dropout < 1; got {r}, {alpha}, {dropout}"
             )
-        self.adapters = TaskAdapters(
-            partial(
-                LoraConfig,
-                r=r,
-                lora_alpha=alpha,
-                lora_dropout=dropout,
-                target_modules=list(target_modules) if target_modules else None,
-            )
+        make_config = partial(
+            LoraConfig,
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=list(target_modules) if target_modules else None,
         )
-        self.adapters_from = adapters_from
-        if gradient_checkpointing:  # frozen embeddings: checkpointed blocks need inputs with grad
+        super().__init__(make_config, adapters_from, name_or_path=name_or_path, **kwargs)
+        if self.model.is_gradient_checkpointing:
+            # Frozen embeddings: checkpointed blocks need inputs that require grad.
             self.model.enable_input_require_grads()
 
-    def prepare_tasks(self, task_names: list[str]) -> None:
-        """Adds a LoRA adapter for each new task (the pretrained weights stay frozen)."""
+    def add_adapters(self, task_names: list[str]) -> list[str]:
+        """Adds a LoRA adapter for each new task; its frozen weights keep their HF keys."""
         try:
-            new = self.adapters.add(self.model, task_names)
+            new = super().add_adapters(task_names)
         except ValueError as err:  # peft: unknown model type or target module
             name = type(self.model).__name__
             raise ConfigError(f"cannot add LoRA adapters to {name}: {err}") from err
@@ -189,16 +223,7 @@ class LoRAEncoder(HFEncoder):
                 module.register_state_dict_post_hook(_hf_keys)
                 module.register_load_state_dict_pre_hook(_peft_keys)
                 module._mtlkit_hf_keys = True
-        if new and self.adapters_from is not None:
-            self.adapters.load(self.adapters_from, new)
-
-    def save_adapters(self, folder: str | Path, tasks: list[str] | None = None) -> None:
-        """Saves the adapters of ``tasks`` (default all) in peft's format: ``folder/<task>/``."""
-        self.adapters.save(folder, tasks)
-
-    def load_adapters(self, folder: str | Path, tasks: list[str] | None = None) -> list[str]:
-        """Loads adapters saved by :meth:`save_adapters` into this encoder's tasks."""
-        return self.adapters.load(folder, tasks)
+        return new
 
     def forward(
         self,

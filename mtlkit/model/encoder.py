@@ -64,8 +64,13 @@ class HFEncoder(nn.Module):
         # Which layers of the loaded model were kept: init_from maps a source's layers by it.
         self.kept_layers = list(keep_layers) if keep_layers is not None else None
 
-    def _layer_list(self) -> tuple[nn.Module, str]:
-        """The ``nn.ModuleList`` of transformer blocks (its parent and attribute name)."""
+    def layer_list_parent(self) -> tuple[nn.Module, str]:
+        """Where the ``nn.ModuleList`` of transformer blocks sits: its parent module and the
+        attribute name (``(model.encoder, "layer")`` for BERT).
+
+        Raises:
+            ConfigError: The model has no module list of ``num_hidden_layers`` blocks.
+        """
         n = int(getattr(self.model.config, "num_hidden_layers", -1))
         for module in self.model.modules():
             for attr, child in module.named_children():
@@ -84,7 +89,7 @@ class HFEncoder(nn.Module):
                 f"keep_layers {keep} must be distinct indices in [0, {len(layers)}) (the encoder "
                 f"has {len(layers)} layers)"
             )
-        parent, attr = self._layer_list()
+        parent, attr = self.layer_list_parent()
         setattr(parent, attr, nn.ModuleList([layers[i] for i in keep]))
         self.model.config.num_hidden_layers = len(keep)
         for new_index, layer in enumerate(getattr(parent, attr)):
@@ -95,7 +100,7 @@ class HFEncoder(nn.Module):
     @property
     def layers(self) -> nn.ModuleList:
         """The transformer blocks, bottom (next to the embeddings) first."""
-        parent, attr = self._layer_list()
+        parent, attr = self.layer_list_parent()
         return getattr(parent, attr)
 
     @property

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -11,11 +10,10 @@ from peft import PromptTuningConfig, PromptTuningInit, TaskType
 from torch import Tensor
 
 from mtlkit.errors import ConfigError
-from mtlkit.model.adapters import TaskAdapters
-from mtlkit.model.encoder import HFEncoder
+from mtlkit.model.adapters import AdapterEncoder
 
 
-class PromptTuningEncoder(HFEncoder):
+class PromptTuningEncoder(AdapterEncoder):
     """Frozen pretrained encoder plus a soft prompt per task (Lester et al. 2021, "The Power of
     Scale for Parameter-Efficient Prompt Tuning"), built by peft.
 
@@ -31,64 +29,43 @@ class PromptTuningEncoder(HFEncoder):
 
     Args:
         name_or_path: See :class:`HFEncoder`.
-        config: See :class:`HFEncoder`.
-        trust_remote_code: See :class:`HFEncoder`.
-        gradient_checkpointing: See :class:`HFEncoder`.
-        keep_layers: See :class:`HFEncoder`.
         num_virtual_tokens: Length of each task's soft prompt.
         init: ``sample_vocab`` starts each prompt from embeddings of random vocabulary tokens,
             ``random`` from a standard normal.
         adapters_from: A folder written by :meth:`save_adapters`; each task's prompt is loaded
             from it when created.
+        **kwargs: The other arguments of :class:`HFEncoder` (``config``, ``keep_layers``, ...).
     """
-
-    per_task = True
 
     def __init__(
         self,
         name_or_path: str | None = None,
-        config: dict[str, Any] | None = None,
-        trust_remote_code: bool = False,
-        gradient_checkpointing: bool = False,
-        keep_layers: list[int] | None = None,
+        *,
         num_virtual_tokens: int = 20,
         init: Literal["sample_vocab", "random"] = "sample_vocab",
         adapters_from: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            name_or_path, config, trust_remote_code, gradient_checkpointing, keep_layers
-        )
         if num_virtual_tokens < 1:
             raise ConfigError(f"num_virtual_tokens must be >= 1, got {num_virtual_tokens}")
         if init not in ("sample_vocab", "random"):
             raise ConfigError(f"init must be 'sample_vocab' or 'random', got {init!r}")
-        self.num_virtual_tokens = num_virtual_tokens
-        self.adapters = TaskAdapters(
-            partial(
-                PromptTuningConfig,
-                task_type=TaskType.FEATURE_EXTRACTION,
-                num_virtual_tokens=num_virtual_tokens,
-                prompt_tuning_init=PromptTuningInit[init.upper()],
-            )
+        make_config = partial(
+            PromptTuningConfig,
+            task_type=TaskType.FEATURE_EXTRACTION,
+            num_virtual_tokens=num_virtual_tokens,
+            prompt_tuning_init=PromptTuningInit[init.upper()],
         )
-        self.adapters_from = adapters_from
+        super().__init__(make_config, adapters_from, name_or_path=name_or_path, **kwargs)
+        self.num_virtual_tokens = num_virtual_tokens
 
-    def prepare_tasks(self, task_names: list[str]) -> None:
-        """Adds a soft prompt for each new task (the pretrained weights stay frozen)."""
-        new = self.adapters.add(self.model, task_names)
+    def add_adapters(self, task_names: list[str]) -> list[str]:
+        """Adds a soft prompt for each new task."""
+        new = super().add_adapters(task_names)
         assert self.adapters.peft_model is not None
         # The prompts are the only new parameters: registered here, saved with the model.
         self.prompts = self.adapters.peft_model.prompt_encoder
-        if new and self.adapters_from is not None:
-            self.adapters.load(self.adapters_from, new)
-
-    def save_adapters(self, folder: str | Path, tasks: list[str] | None = None) -> None:
-        """Saves the prompts of ``tasks`` (default all) in peft's format: ``folder/<task>/``."""
-        self.adapters.save(folder, tasks)
-
-    def load_adapters(self, folder: str | Path, tasks: list[str] | None = None) -> list[str]:
-        """Loads prompts saved by :meth:`save_adapters` into this encoder's tasks."""
-        return self.adapters.load(folder, tasks)
+        return new
 
     def forward(
         self,

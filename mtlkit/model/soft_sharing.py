@@ -52,7 +52,7 @@ class SoftSharedEncoder(HFEncoder):
             raise ConfigError(f"strength must be >= 0, got {strength}")
         self.top_layers, self.strength = top_layers, strength
         self.towers = nn.ModuleDict()
-        parent, attr = self._layer_list()
+        parent, attr = self.layer_list_parent()
         self._layers_path = next(
             f"{name}.{attr}".lstrip(".") for name, m in self.model.named_modules() if m is parent
         )

@@ -108,7 +108,7 @@ def _canonical(key: str) -> str:
 def _layer_prefix(encoder: HFEncoder) -> str | None:
     """The key prefix of the transformer block list (``encoder.layer.`` for BERT)."""
     try:
-        parent, attr = encoder._layer_list()
+        parent, attr = encoder.layer_list_parent()
     except ConfigError:
         return None
     for name, candidate in encoder.model.named_modules():
