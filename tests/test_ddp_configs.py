@@ -31,8 +31,8 @@ REGIMES = [
 
 
 def _data() -> dict:
-    """tiny.yaml's tasks with enough rows for 2 processes (its validation split, carved from 8
-    training rows, is 1 row: the second process would get no validation batch)."""
+    """tiny.yaml's tasks with 40 training and 8 validation rows, so that both processes train on
+    different rows and validate on several."""
     texts, labels = toy_texts(48)
     trec = {"text": texts, "label": [i % 3 for i in range(48)]}
     sentiment = {"text": texts, "label": [float(v) for v in labels]}
@@ -79,7 +79,9 @@ def _quickstart_trainer() -> dict:
     return {"trainer": trainer}
 
 
-def _fit(tmp_path: Path, port: int, *configs: str) -> subprocess.CompletedProcess:
+def _fit(
+    tmp_path: Path, port: int, *configs: str, data: bool = True
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -88,15 +90,25 @@ def _fit(tmp_path: Path, port: int, *configs: str) -> subprocess.CompletedProces
         "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    data = tmp_path / "tiny_data.yaml"
-    data.write_text(yaml.safe_dump(_data()))
-    args = [a for c in (str(data), *configs) for a in ("--config", c)]
+    if data:
+        data_file = tmp_path / "tiny_data.yaml"
+        data_file.write_text(yaml.safe_dump(_data()))
+        configs = (str(data_file), *configs)
+    args = [a for c in configs for a in ("--config", c)]
     cmd = [str(MTLKIT), "fit", "--config", TINY, *args, *DDP, *FAST]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_tiny_config_under_ddp(tmp_path):
     proc = _fit(tmp_path, 29601)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_tiny_config_as_shipped_under_ddp(tmp_path):
+    """The shipped tiny config itself: its validation splits have one row, so the second
+    process has none (it got no validation batch: Lightning refused it, then the first process
+    died in a collective). It now runs a padding batch that counts nowhere."""
+    proc = _fit(tmp_path, 29606, data=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 

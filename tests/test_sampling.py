@@ -174,3 +174,22 @@ def test_ranks_get_disjoint_examples_of_the_same_tasks(mode):
 def test_unknown_batch_mode():
     with pytest.raises(ConfigError, match="batch_mode"):
         _sampler(mode="interleaved")
+
+
+@pytest.mark.parametrize(
+    ("rows", "batch_size", "world"), [(1, 4, 2), (5, 2, 2), (7, 3, 3), (8, 4, 2)]
+)
+def test_eval_batches_are_as_many_on_every_process(rows, batch_size, world):
+    """Each DDP forward broadcasts buffers, so every process must run the same number of eval
+    batches (a 1-row split gave the second process none: Lightning refused it; 5 rows in
+    batches of 2 gave 2 and 1 batches: the processes' collectives no longer matched). Padding
+    batches make the counts equal, and the real rows are still each seen exactly once."""
+    from mtlkit.data.batching import EvalBatchSampler
+
+    lengths = np.arange(rows) + 3
+    plans = [list(EvalBatchSampler("a", lengths, batch_size, r, world)) for r in range(world)]
+    assert len({len(p) for p in plans}) == 1 and len(plans[0]) >= 1
+    real = [i for p in plans for plan in p if not plan.get("padding") for i in plan["indices"]["a"]]
+    assert sorted(real) == list(range(rows))
+    single = list(EvalBatchSampler("a", lengths, batch_size))
+    assert not any(plan.get("padding") for plan in single)

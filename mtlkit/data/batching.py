@@ -7,6 +7,7 @@ sampler's state is a few integers and a resumed run replays the same task sequen
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -226,13 +227,24 @@ class EvalBatchSampler:
             order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)
         ]
         self.task = task
+        # Under DDP every process must run the same number of eval batches: each forward of the
+        # DDP-wrapped model broadcasts buffers (a collective), and Lightning refuses a process
+        # with an empty loader. A process with fewer batches (a small split, or one whose size
+        # does not divide evenly) gets padding batches: one row, marked "padding", which the
+        # model runs but leaves out of every metric and prediction.
+        self.padding = 0
+        if world_size > 1 and len(lengths):
+            most = math.ceil(math.ceil(len(lengths) / world_size) / batch_size)
+            self.padding = max(most, 1) - len(self.batches)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.batches) + self.padding
 
     def __iter__(self) -> Iterator[Plan]:
         for batch in self.batches:
             yield {"indices": {self.task: batch}}
+        for _ in range(self.padding):
+            yield {"indices": {self.task: [0]}, "padding": True}
 
 
 class MultiTaskDataset:
@@ -268,6 +280,8 @@ class MultiTaskCollator:
         }
         if "step" in fetched:
             batch["epoch"], batch["step"] = fetched["epoch"], fetched["step"]
+        if fetched.get("padding"):
+            batch["padding"] = True  # see EvalBatchSampler: run, but counted nowhere
         return batch
 
 

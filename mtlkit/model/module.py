@@ -437,6 +437,8 @@ class MultiTaskModule(L.LightningModule):
 
     # --------------------------------------------------------- evaluation
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+        if batch.get("padding"):  # a DDP padding batch (EvalBatchSampler): counted nowhere
+            return
         subs = batch["tasks"]
         for name, out in self(subs).items():
             task, labels = self.tasks[name], subs[name]["labels"]
@@ -475,6 +477,8 @@ class MultiTaskModule(L.LightningModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
+        if batch.get("padding"):  # a DDP padding batch (EvalBatchSampler)
+            return None
         subs = batch["tasks"]
         return {
             name: self.tasks[name].metric_inputs(out["logits"], subs[name]["labels"])[0].cpu()
