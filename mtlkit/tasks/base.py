@@ -33,14 +33,17 @@ class Task(ABC):
         label_column: Column holding the target.
         max_length: Truncation length in tokens (>= 1; at most the encoder's positions).
         loss_weight: Static multiplier applied to this task's loss before loss weighting.
+        text_pair_column: Column of the second text of sentence-pair tasks (``None``: single
+            texts); passed on by the task types that take text pairs.
     """
 
     #: ``"sequence"`` heads get a pooled vector; ``"token"`` heads get every token state.
     level: ClassVar[Literal["sequence", "token"]] = "sequence"
     #: Metric used for the mean over tasks and for model selection (higher is better).
     primary_metric: str
-    #: Column of the second text of sentence-pair tasks (set by the task types that have one).
-    text_pair_column: str | None = None
+    #: Number of outputs of the head (classes, tags, labels); ``None`` until resolved from the
+    #: data (``prepare``) or a checkpoint (``load_label_state``). The head cannot be built before.
+    num_labels: int | None = None
 
     def __init__(
         self,
@@ -50,6 +53,7 @@ class Task(ABC):
         label_column: str = "label",
         max_length: int = 128,
         loss_weight: float = 1.0,
+        text_pair_column: str | None = None,
     ) -> None:
         if not name or "/" in name:
             raise DataError(f"task name must be non-empty and contain no '/': {name!r}")
@@ -62,6 +66,7 @@ class Task(ABC):
         self.name = name
         self.source = source
         self.text_column = text_column
+        self.text_pair_column = text_pair_column
         self.label_column = label_column
         self.max_length = max_length
         self.loss_weight = loss_weight
@@ -72,7 +77,7 @@ class Task(ABC):
     # ----------------------------------------------------------------- data
     def required_columns(self) -> list[str]:
         """Columns every split must have."""
-        return [self.text_column, self.label_column]
+        return [*self.text_columns(), self.label_column]
 
     def text_columns(self) -> list[str]:
         """Columns that are tokenized (compared across splits to detect leakage)."""
@@ -114,7 +119,15 @@ class Task(ABC):
 
     def fingerprint(self) -> str:
         """Everything that changes tokenization; part of the tokenization cache key."""
-        return repr((type(self).__name__, self.text_column, self.label_column, self.max_length))
+        return repr(
+            (
+                type(self).__name__,
+                self.text_column,
+                self.text_pair_column,
+                self.label_column,
+                self.max_length,
+            )
+        )
 
     def collate(self, rows: dict[str, list[Any]], pad_token_id: int) -> dict[str, Tensor]:
         """Pads one task's sub-batch to its own longest sequence (dynamic padding)."""
@@ -168,23 +181,42 @@ class Task(ABC):
         """Turns head outputs and targets into the ``(preds, target)`` the metrics take."""
         return logits.detach(), labels
 
-    def head_state(self) -> dict[str, Any]:
-        """Label metadata needed to rebuild the head (saved in checkpoints)."""
+    def label_state(self) -> dict[str, Any]:
+        """Label metadata the head was trained with (label names, target scale): saved in
+        checkpoints and exports, compared when a head is transferred."""
         return {}
 
-    def load_head_state(self, state: dict[str, Any]) -> None:
-        """Restores :meth:`head_state` (nothing to restore by default)."""
+    def load_label_state(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`label_state` (nothing to restore by default)."""
         del state
+
+    # The former names of label_state/load_label_state: callers and task types written against
+    # them keep working.
+    def head_state(self) -> dict[str, Any]:
+        """Deprecated name of :meth:`label_state`."""
+        return self.label_state()
+
+    def load_head_state(self, state: dict[str, Any]) -> None:
+        """Deprecated name of :meth:`load_label_state`."""
+        self.load_label_state(state)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A task type that overrides only the old names is read through the new ones.
+        for old, new in (("head_state", "label_state"), ("load_head_state", "load_label_state")):
+            if old in vars(cls) and new not in vars(cls):
+                setattr(cls, new, vars(cls)[old])
+                setattr(cls, old, getattr(Task, old))
 
     @property
     def is_ready(self) -> bool:
-        """Whether the head can be built: ``num_labels`` known, for tasks that have one."""
-        return getattr(self, "num_labels", 0) is not None
+        """Whether the head can be built: ``num_labels`` known."""
+        return self.num_labels is not None
 
 
 def linear_head(task: Task, hidden_size: int, dropout: float) -> nn.Module:
     """Dropout and one linear layer to ``task.num_labels`` outputs (per vector or per token)."""
-    if getattr(task, "num_labels", None) is None:
+    if task.num_labels is None:
         raise DataError(f"task {task.name!r}: num_labels is unresolved; set it or load the data")
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, task.num_labels))
 
@@ -208,10 +240,11 @@ def _pad(seqs: list[list[int]], width: int, value: int) -> Tensor:
 
 
 def text_inputs(
-    task: Task, batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, pair: str | None
+    task: Task, batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase
 ) -> dict[str, list[Any]]:
-    """Tokenizes a text column (and an optional pair column) without padding."""
+    """Tokenizes ``task``'s text column (and its pair column, if any) without padding."""
     # Cells are checked in Task.check_rows; str() reads a number as its digits.
+    pair = task.text_pair_column
     first = [str(t) for t in batch[task.text_column]]
     second = [str(t) for t in batch[pair]] if pair else None
     return dict(tokenizer(first, second, truncation=True, max_length=task.max_length))

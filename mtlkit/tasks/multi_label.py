@@ -72,14 +72,15 @@ class MultiLabelClassification(Task):
         loss_weight: float = 1.0,
         threshold: float = 0.5,
     ) -> None:
-        super().__init__(name, source, text_column, label_column, max_length, loss_weight)
+        super().__init__(
+            name, source, text_column, label_column, max_length, loss_weight, text_pair_column
+        )
         if not 0.0 < threshold < 1.0:
             raise ConfigError(f"task {name!r}: threshold must be in (0, 1), got {threshold}")
         if label_columns is not None and not label_columns:
             raise ConfigError(f"task {name!r}: label_columns must not be empty")
         if num_labels is not None and num_labels < 1:
             raise DataError(f"task {name!r}: num_labels must be >= 1, got {num_labels}")
-        self.text_pair_column = text_pair_column
         self.label_columns = list(label_columns) if label_columns is not None else None
         self.threshold = threshold
         self._given_label_names = list(label_names) if label_names is not None else None
@@ -100,14 +101,11 @@ class MultiLabelClassification(Task):
         self.num_labels, self.label_names = len(cols), list(names)
 
     def required_columns(self) -> list[str]:
-        pair = [self.text_pair_column] if self.text_pair_column else []
         labels = self.label_columns if self.label_columns is not None else [self.label_column]
-        return [self.text_column, *pair, *labels]
+        return [*self.text_columns(), *labels]
 
     def fingerprint(self) -> str:
-        return super().fingerprint() + repr(
-            (self.text_pair_column, self.label_columns, self._given_label_names)
-        )
+        return super().fingerprint() + repr((self.label_columns, self._given_label_names))
 
     # ----------------------------------------------------------------- data
     def check_rows(self, split: str, ds: Dataset) -> None:
@@ -158,7 +156,7 @@ class MultiLabelClassification(Task):
                     )
 
     def tokenize(self, batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase) -> dict:
-        out = text_inputs(self, batch, tokenizer, self.text_pair_column)
+        out = text_inputs(self, batch, tokenizer)
         out["labels"] = self.multi_hot(batch)
         return out
 
@@ -208,8 +206,8 @@ class MultiLabelClassification(Task):
             }
         )
 
-    def head_state(self) -> dict[str, Any]:
+    def label_state(self) -> dict[str, Any]:
         return label_head_state(self)
 
-    def load_head_state(self, state: dict[str, Any]) -> None:
+    def load_label_state(self, state: dict[str, Any]) -> None:
         load_label_head_state(self, state)

@@ -41,6 +41,8 @@ class Regression(Task):
     """
 
     primary_metric = "pearson"
+    #: One real-valued output.
+    num_labels = 1
 
     def __init__(
         self,
@@ -54,23 +56,17 @@ class Regression(Task):
         target_scale: float = 1.0,
         target_shift: float = 0.0,
     ) -> None:
-        super().__init__(name, source, text_column, label_column, max_length, loss_weight)
+        super().__init__(
+            name, source, text_column, label_column, max_length, loss_weight, text_pair_column
+        )
         if not (math.isfinite(target_scale) and target_scale > 0):
             raise ConfigError(
                 f"task {name!r}: target_scale must be finite and > 0, got {target_scale}"
             )
         if not math.isfinite(target_shift):
             raise ConfigError(f"task {name!r}: target_shift must be finite, got {target_shift}")
-        self.text_pair_column = text_pair_column
         self.target_scale = float(target_scale)
         self.target_shift = float(target_shift)
-
-    def required_columns(self) -> list[str]:
-        pair = [self.text_pair_column] if self.text_pair_column else []
-        return [self.text_column, *pair, self.label_column]
-
-    def fingerprint(self) -> str:
-        return super().fingerprint() + repr(self.text_pair_column)
 
     # ----------------------------------------------------------------- data
     def check_rows(self, split: str, ds: Dataset) -> None:
@@ -94,7 +90,7 @@ class Regression(Task):
         return data
 
     def tokenize(self, batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase) -> dict:
-        out = text_inputs(self, batch, tokenizer, self.text_pair_column)
+        out = text_inputs(self, batch, tokenizer)
         out["labels"] = [float(v) for v in batch[self.label_column]]
         return out
 
@@ -135,10 +131,10 @@ class Regression(Task):
             {"pearson": PearsonCorrCoef(), "spearman": spearman, "mse": MeanSquaredError()}
         )
 
-    def head_state(self) -> dict[str, Any]:
+    def label_state(self) -> dict[str, Any]:
         return {"target_scale": self.target_scale, "target_shift": self.target_shift}
 
-    def load_head_state(self, state: dict[str, Any]) -> None:
+    def load_label_state(self, state: dict[str, Any]) -> None:
         """Restores the normalisation the saved head was trained with."""
         self.target_scale = float(state.get("target_scale", self.target_scale))
         self.target_shift = float(state.get("target_shift", self.target_shift))

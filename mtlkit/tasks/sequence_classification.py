@@ -53,20 +53,14 @@ class SequenceClassification(Task):
         loss_weight: float = 1.0,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(name, source, text_column, label_column, max_length, loss_weight)
+        super().__init__(
+            name, source, text_column, label_column, max_length, loss_weight, text_pair_column
+        )
         if num_labels is not None and num_labels < 2:
             raise DataError(f"task {name!r}: num_labels must be >= 2, got {num_labels}")
-        self.text_pair_column = text_pair_column
         self.num_labels = num_labels
         self.label_names: list[str] | None = None
         self.label_smoothing = label_smoothing
-
-    def required_columns(self) -> list[str]:
-        pair = [self.text_pair_column] if self.text_pair_column else []
-        return [self.text_column, *pair, self.label_column]
-
-    def fingerprint(self) -> str:
-        return super().fingerprint() + repr(self.text_pair_column)
 
     def check_rows(self, split: str, ds: Dataset) -> None:
         super().check_rows(split, ds)
@@ -87,7 +81,7 @@ class SequenceClassification(Task):
         return data
 
     def tokenize(self, batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase) -> dict:
-        out = text_inputs(self, batch, tokenizer, self.text_pair_column)
+        out = text_inputs(self, batch, tokenizer)
         out["labels"] = [int(v) for v in batch[self.label_column]]
         return out
 
@@ -113,8 +107,8 @@ class SequenceClassification(Task):
             }
         )
 
-    def head_state(self) -> dict[str, Any]:
+    def label_state(self) -> dict[str, Any]:
         return label_head_state(self)
 
-    def load_head_state(self, state: dict[str, Any]) -> None:
+    def load_label_state(self, state: dict[str, Any]) -> None:
         load_label_head_state(self, state)

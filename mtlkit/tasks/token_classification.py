@@ -40,7 +40,7 @@ class TokenClassification(Task):
     ``token_accuracy``, with ``f1`` as primary metric. Otherwise (POS tags, unnamed integer tags)
     it reports ``token_accuracy`` and ``macro_f1`` with ``token_accuracy`` as primary metric; in
     that case :attr:`primary_metric` is set on the instance once the tag names are known
-    (in :meth:`prepare` or :meth:`load_head_state`).
+    (in :meth:`prepare` or :meth:`load_label_state`).
 
     Args:
         name: Task name.
@@ -258,9 +258,9 @@ class TokenClassification(Task):
         macro = MulticlassF1Score(num_classes=n, average="macro", ignore_index=IGNORE_INDEX)
         return MetricCollection({"token_accuracy": accuracy, "macro_f1": macro})
 
-    def head_state(self) -> dict[str, Any]:
+    def label_state(self) -> dict[str, Any]:
         return label_head_state(self)
 
-    def load_head_state(self, state: dict[str, Any]) -> None:
+    def load_label_state(self, state: dict[str, Any]) -> None:
         load_label_head_state(self, state)
         self._configure_scheme()
