@@ -3,17 +3,15 @@ of ``mtlkit.weighting.gradient`` (found automatically) must meet."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
-import pkgutil
 from importlib.util import find_spec
 
 import numpy as np
 import pytest
 import torch
 
-import mtlkit.weighting.gradient as gradient_pkg
+from mtlkit.registry import aggregator_classes
 from mtlkit.weighting.gradient import (
     IMTLG,
     MGDA,
@@ -325,17 +323,7 @@ def test_nash_mtl_without_cvxpy_names_the_package_to_install():
 
 
 def discover() -> list[type[GradientAggregator]]:
-    found: dict[str, type[GradientAggregator]] = {}
-    for info in pkgutil.iter_modules(gradient_pkg.__path__, gradient_pkg.__name__ + "."):
-        module = importlib.import_module(info.name)
-        for _, obj in inspect.getmembers(module, inspect.isclass):
-            if (
-                issubclass(obj, GradientAggregator)
-                and not inspect.isabstract(obj)
-                and obj.__module__ == module.__name__
-            ):
-                found[obj.__qualname__] = obj
-    return [found[k] for k in sorted(found)]
+    return list(aggregator_classes().values())
 
 
 AGGREGATORS = discover()

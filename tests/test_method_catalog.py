@@ -6,36 +6,19 @@ method is covered everywhere once its file and config exist, and this test fails
 config.
 """
 
-import importlib
-import inspect
-import pkgutil
-
 import pytest
 
-import mtlkit.weighting
+from mtlkit.registry import aggregator_classes, weighting_classes
 from mtlkit.testing.methods import weighting_methods
 from mtlkit.weighting import GradientWeighting, Weighting
-from mtlkit.weighting.gradient import GradientAggregator, GramianAggregator
 
 METHODS = weighting_methods()
 
 
-def _concrete_subclasses(base):
-    for info in pkgutil.walk_packages(mtlkit.weighting.__path__, "mtlkit.weighting."):
-        importlib.import_module(info.name)
-    found, todo = set(), [base]
-    while todo:
-        for sub in todo.pop().__subclasses__():
-            todo.append(sub)
-            if not inspect.isabstract(sub) and sub.__module__.startswith("mtlkit."):
-                found.add(sub.__name__)
-    return found
-
-
 def test_every_method_class_has_a_shipped_config():
     shipped = set().union(*(m.class_names for m in METHODS.values()))
-    classes = _concrete_subclasses(Weighting) | _concrete_subclasses(GradientAggregator)
-    classes -= {GradientWeighting.__name__, GramianAggregator.__name__}
+    classes = set(weighting_classes()) | set(aggregator_classes())
+    classes -= {GradientWeighting.__name__}
     missing = sorted(classes - shipped)
     assert not missing, f"no configs/weighting/*.yaml builds {missing}"
     assert len(METHODS) >= 15

@@ -193,3 +193,18 @@ def test_eval_batches_are_as_many_on_every_process(rows, batch_size, world):
     assert sorted(real) == list(range(rows))
     single = list(EvalBatchSampler("a", lengths, batch_size))
     assert not any(plan.get("padding") for plan in single)
+
+
+def test_every_sampling_strategy_is_discovered_and_gives_a_distribution():
+    """The registry (the import path) lists every strategy; the DDP worker runs each of them
+    (tests/test_ddp.py), so a new strategy's file is enough to be covered there."""
+    from scripts.ddp_worker import SAMPLINGS
+
+    from mtlkit.registry import sampling_classes
+
+    classes = sampling_classes()
+    assert {"Annealed", "Proportional", "Temperature", "Uniform"} <= set(classes)
+    assert set(SAMPLINGS) == {name.lower() for name in classes}
+    for cls in classes.values():
+        p = np.asarray(cls().probabilities(SIZES, 0), dtype=float)
+        assert p.shape == (len(SIZES),) and np.all(p > 0) and p.sum() == pytest.approx(1.0)

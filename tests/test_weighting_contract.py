@@ -7,16 +7,14 @@ constructor has required arguments must be listed in ``REQUIRED_ARGS``.
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
 import io
-import pkgutil
 
 import pytest
 import torch
 from torch import nn
 
-import mtlkit.weighting
+from mtlkit.registry import weighting_classes
 from mtlkit.weighting.base import StepContext, WeightedLoss, Weighting
 from mtlkit.weighting.gradient import PCGrad
 
@@ -35,18 +33,7 @@ STEPS = 4
 
 def discover() -> list[type[Weighting]]:
     """Every concrete ``Weighting`` subclass defined in a module of ``mtlkit.weighting``."""
-    found = {}
-    package = mtlkit.weighting
-    for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
-        module = importlib.import_module(info.name)
-        for _, cls in inspect.getmembers(module, inspect.isclass):
-            if (
-                issubclass(cls, Weighting)
-                and cls.__module__ == module.__name__
-                and not inspect.isabstract(cls)
-            ):
-                found[cls.__name__] = cls
-    return [found[name] for name in sorted(found)]
+    return list(weighting_classes().values())
 
 
 METHODS = discover()

@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import tiny_model, toy_datamodule, toy_task  # noqa: E402
 
-from mtlkit.data.sampling import Annealed, Proportional, Temperature, Uniform  # noqa: E402
 from mtlkit.optim import adamw  # noqa: E402
+from mtlkit.registry import sampling_classes  # noqa: E402
 from mtlkit.testing.methods import weighting_methods  # noqa: E402
 from mtlkit.testing.trainer import quiet_trainer  # noqa: E402
 
@@ -82,12 +82,8 @@ def run(name: str, world: int) -> torch.Tensor:
     return torch.cat([(after[k] - before[k]).ravel() for k in before])
 
 
-SAMPLINGS = {
-    "proportional": Proportional,
-    "uniform": Uniform,
-    "temperature": lambda: Temperature(temperature=2.0),
-    "annealed": Annealed,
-}
+#: Every sampling strategy of the package (``mtlkit.registry``), built with its defaults.
+SAMPLINGS = {name.lower(): cls for name, cls in sampling_classes().items()}
 TRAJECTORY_STEPS = 8
 #: AdamW (the default) and SGD: Adam's normalised steps cannot see gradients of the wrong scale
 #: (all 2x too large gives the same steps), SGD's can.
