@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from transformers import PreTrainedTokenizerBase
 
-from mtlkit.data.sources import DataSource
 from mtlkit.errors import ConfigError, DataError
+from mtlkit.sources import DataSource
 from mtlkit.tasks._checks import check_text_column, warn_overlap
 
 IGNORE_INDEX = -100

@@ -13,8 +13,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelF1Score
 from transformers import PreTrainedTokenizerBase
 
-from mtlkit.data.sources import DataSource
 from mtlkit.errors import ConfigError, DataError
+from mtlkit.sources import DataSource
 from mtlkit.tasks._checks import check_label_cells, check_label_lists
 from mtlkit.tasks._labels import (
     check_label_range,

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
 from transformers import PreTrainedTokenizerBase
 
-from mtlkit.data.sources import DataSource
 from mtlkit.errors import ConfigError, DataError
+from mtlkit.sources import DataSource
 from mtlkit.tasks._checks import rows_phrase
 from mtlkit.tasks.base import Task, text_inputs
 

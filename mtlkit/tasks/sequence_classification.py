@@ -11,8 +11,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import PreTrainedTokenizerBase
 
-from mtlkit.data.sources import DataSource
 from mtlkit.errors import DataError
+from mtlkit.sources import DataSource
 from mtlkit.tasks._checks import check_label_cells, integer_class_ids, require_two_classes
 from mtlkit.tasks._labels import (
     check_label_range,

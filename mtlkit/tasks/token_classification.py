@@ -12,9 +12,9 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import PreTrainedTokenizerBase
 
-from mtlkit.data.sources import DataSource
 from mtlkit.errors import ConfigError, DataError, DataWarning
 from mtlkit.metrics.entity import EntityF1, is_bio_scheme, parse_tag
+from mtlkit.sources import DataSource
 from mtlkit.tasks._checks import check_label_lists, check_word_lists, require_two_classes
 from mtlkit.tasks._labels import (
     check_label_range,
