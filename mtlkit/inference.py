@@ -16,97 +16,45 @@ An exported folder holds ``encoder/`` (a Hugging Face model), ``tokenizer/``,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
-from torch import Tensor
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
-from transformers.utils import logging as hf_logging
+from torch import Tensor, nn
+from transformers import AutoTokenizer, PreTrainedModel
 
-FORMAT = "mtlkit-export"
-FORMAT_VERSION = 1
-META_FILE = "mtlkit.json"
-HEADS_FILE = "heads.safetensors"
-ENCODER_DIR = "encoder"
-TOKENIZER_DIR = "tokenizer"
-#: What ``predict`` returns per kind of task; ``logits`` for task types it does not know.
-KINDS = ("sequence_classification", "regression", "multi_label", "token_classification", "logits")
+from mtlkit.model.multitask import MultiTaskModel
+from mtlkit.model.source import (
+    ENCODER_DIR,
+    FORMAT,
+    FORMAT_VERSION,
+    HEADS_FILE,
+    META_FILE,
+    TOKENIZER_DIR,
+    load_encoder,
+    quiet_transformers,
+    read_meta,
+    source_from_parts,
+)
+
+__all__ = [
+    "ENCODER_DIR",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "HEADS_FILE",
+    "META_FILE",
+    "TOKENIZER_DIR",
+    "ExportedModel",
+    "load_encoder",
+    "quiet_transformers",
+    "read_meta",
+]
 
 #: An input: a text, a ``(text, text_pair)`` pair, or ``{"text": ..., "text_pair": ...}``.
 Input = str | tuple[str, str] | list[str] | dict[str, str]
-
-
-def read_meta(folder: str | Path, need_tokenizer: bool = True) -> dict[str, Any]:
-    """Checks that ``folder`` is an export and returns its ``mtlkit.json``.
-
-    Raises:
-        FileNotFoundError: The folder or one of its files is missing (named in the message).
-        ValueError: ``mtlkit.json`` is not an export description this version reads.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"exported model folder {str(folder)!r} does not exist")
-    needed = [META_FILE, HEADS_FILE, f"{ENCODER_DIR}/config.json"]
-    needed += [f"{TOKENIZER_DIR}/tokenizer_config.json"] if need_tokenizer else []
-    for name in needed:
-        if not (folder / name).exists():
-            raise FileNotFoundError(
-                f"{folder} is not an exported mtlkit model: it has no {name} "
-                "(write one with `mtlkit export`)"
-            )
-    meta = json.loads((folder / META_FILE).read_text())
-    if meta.get("format") != FORMAT or int(meta.get("version", 0)) > FORMAT_VERSION:
-        raise ValueError(
-            f"{folder / META_FILE} is not a {FORMAT} description of version <= {FORMAT_VERSION} "
-            f"(format {meta.get('format')!r}, version {meta.get('version')!r})"
-        )
-    return meta
-
-
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silences transformers' progress bars and load report while an export is read or written
-    (the training encoder drops BERT's unused pooler, so loading reports its weights missing)."""
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def load_encoder(folder: str | Path) -> PreTrainedModel:
-    """The exported encoder, without the pooler it was trained without.
-
-    Raises:
-        ValueError: Weights other than the pooler's are missing from the folder.
-    """
-    with quiet_transformers():
-        model, info = AutoModel.from_pretrained(str(folder), output_loading_info=True)
-    missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
-    if missing:
-        raise ValueError(f"encoder in {folder} lacks weights {sorted(missing)[:5]}")
-    if info["missing_keys"] and getattr(model, "pooler", None) is not None:
-        model.pooler = None
-    return model.eval()
-
-
-def pool(hidden: Tensor, attention_mask: Tensor, how: str) -> Tensor:
-    """``cls``: the first token's state; ``mean``: the mask-weighted mean (as in training)."""
-    if how == "cls":
-        return hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
 @dataclass
@@ -114,10 +62,16 @@ class _Task:
     name: str
     kind: str
     level: str
-    weight: Tensor
-    bias: Tensor | None
-    labels: list[str]
+    head: nn.Linear
     spec: dict[str, Any]
+
+    @property
+    def weight(self) -> Tensor:
+        return self.head.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.head.bias
 
     @property
     def key(self) -> tuple[int, bool, bool]:
@@ -146,24 +100,16 @@ class ExportedModel:
         device: str | torch.device = "cpu",
     ) -> None:
         self.device = torch.device(device)
-        self.encoder = encoder.to(self.device).eval()
+        # The same model object training runs (encoder, pooling, heads, output decoding).
+        source = source_from_parts("exported model", encoder, meta, heads)
+        self.model = MultiTaskModel.from_source(source).to(self.device)
+        self.encoder = self.model.encoder
         self.tokenizer = tokenizer
-        self.pooling = meta.get("pooling", "mean")
-        self.tasks: dict[str, _Task] = {}
-        for name, spec in meta["tasks"].items():
-            head = spec["head"]
-            bias = heads.get(f"{name}.{head['bias']}") if head.get("bias") else None
-            state = spec.get("head_state", {})
-            n = int(head["out_features"])
-            self.tasks[name] = _Task(
-                name=name,
-                kind=spec["kind"],
-                level=spec["level"],
-                weight=heads[f"{name}.{head['weight']}"].to(self.device),
-                bias=bias.to(self.device) if bias is not None else None,
-                labels=[str(x) for x in state.get("label_names") or range(n)],
-                spec=spec,
-            )
+        self.pooling = self.model.pooling
+        self.tasks: dict[str, _Task] = {
+            name: _Task(name, spec["kind"], spec["level"], self.model.heads[name], spec)
+            for name, spec in meta["tasks"].items()
+        }
 
     @classmethod
     def from_folder(cls, path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
@@ -240,12 +186,10 @@ class ExportedModel:
             for key, members in groups.items():
                 enc, cut = self._tokenize(chunk, key), self._truncated(chunk, key)
                 batch = {k: v.to(self.device) for k, v in enc.items()}
-                hidden = self.encoder(**batch).last_hidden_state
-                pooled = None if key[2] else pool(hidden, batch["attention_mask"], self.pooling)
+                names = [task.name for task in members]
+                outputs = self.model.shared_forward(batch, names)
                 for task in members:
-                    features = hidden if key[2] else pooled
-                    logits = F.linear(features, task.weight, task.bias).float().cpu()
-                    yield start, task, logits, enc, cut
+                    yield start, task, outputs[task.name].float().cpu(), enc, cut
 
     def logits(
         self,
@@ -289,44 +233,13 @@ class ExportedModel:
         out: dict[str, list[dict[str, Any]]] = {t.name: [] for t in self._select(tasks)}
         for start, task, logits, enc, cut in self._run(items, self._select(tasks), batch_size):
             for i, row in enumerate(logits):
-                if task.kind == "token_classification":
-                    words = items[start + i][0].split()
-                    prediction = _tag_words(task, row, enc.word_ids(i), words)
-                elif task.level == "token":
-                    mask = enc["attention_mask"][i].bool()
-                    prediction = {"logits": row[mask].tolist()}
-                else:
-                    prediction = _read_sequence(task, row)
+                inputs = {}
+                if task.level == "token":
+                    inputs = {
+                        "mask": enc["attention_mask"][i],
+                        "word_ids": enc.word_ids(i),
+                        "words": items[start + i][0].split(),
+                    }
+                prediction = self.model.decode(task.name, row, **inputs)
                 out[task.name].append({**prediction, "truncated": True} if cut[i] else prediction)
         return out
-
-
-def _read_sequence(task: _Task, logits: Tensor) -> dict[str, Any]:
-    if task.kind == "sequence_classification":
-        probs = logits.softmax(-1).tolist()
-        best = max(range(len(probs)), key=probs.__getitem__)
-        named = dict(zip(task.labels, probs, strict=True))
-        return {"label": task.labels[best], "probabilities": named}
-    if task.kind == "regression":
-        state = task.spec.get("head_state", {})
-        scale, shift = state.get("target_scale", 1.0), state.get("target_shift", 0.0)
-        return {"value": float(logits.reshape(-1)[0]) * scale + shift}
-    if task.kind == "multi_label":
-        probs = torch.sigmoid(logits).tolist()
-        threshold = float(task.spec.get("threshold", 0.5))
-        chosen = [name for name, p in zip(task.labels, probs, strict=True) if p > threshold]
-        return {"labels": chosen, "probabilities": dict(zip(task.labels, probs, strict=True))}
-    return {"logits": logits.tolist()}
-
-
-def _tag_words(
-    task: _Task, logits: Tensor, word_ids: list[int | None], words: list[str]
-) -> dict[str, Any]:
-    best = logits.argmax(-1).tolist()
-    tags: list[str | None] = [None] * len(words)
-    previous = None
-    for position, word in enumerate(word_ids):
-        if word is not None and word != previous:  # a word's first sub-token carries its tag
-            tags[word] = task.labels[best[position]]
-        previous = word
-    return {"words": words, "tags": tags}

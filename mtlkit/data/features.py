@@ -22,7 +22,8 @@ from mtlkit.data.batching import MultiTaskCollator, Plan
 from mtlkit.data.datamodule import MultiTaskDataModule
 from mtlkit.errors import ConfigError
 from mtlkit.model.encoder import HFEncoder
-from mtlkit.model.pooling import Pooling, pool
+from mtlkit.model.multitask import MultiTaskModel
+from mtlkit.model.pooling import Pooling
 from mtlkit.tasks.base import Task
 
 if TYPE_CHECKING:
@@ -128,22 +129,22 @@ class FeatureDataModule(MultiTaskDataModule):
         assert self.tokenizer is not None
         pad_id = int(self.tokenizer.pad_token_id or 0)
         device, was_training = self._device(), self.encoder.training
-        encoder = self.encoder.to(device).eval()
+        # The model's own head inputs (encoder, then pooling for sequence tasks), without heads.
+        model = MultiTaskModel(self.encoder, self.pooling, levels={task.name: task.level})
+        model.to(device).eval()
         lengths = np.asarray(ds["length"], dtype=np.int64)
         order = np.argsort(-lengths, kind="stable")
         rows: list[Tensor | None] = [None] * len(ds)
         for start in range(0, len(ds), self.feature_batch_size):
             idx = order[start : start + self.feature_batch_size].tolist()
             batch = task.collate(ds[idx], pad_id)
-            mask = batch["attention_mask"].to(device)
-            types = batch.get("token_type_ids")
-            hidden = encoder(
-                batch["input_ids"].to(device), mask, None if types is None else types.to(device)
-            )
+            keys = ("input_ids", "attention_mask", "token_type_ids")
+            inputs = {k: batch[k].to(device) for k in keys if k in batch}
+            features = model.head_inputs({task.name: inputs})[task.name].float().cpu()
             if task.level == "token":
-                out = [h[: lengths[i]] for i, h in zip(idx, hidden.float().cpu(), strict=True)]
+                out = [h[: lengths[i]] for i, h in zip(idx, features, strict=True)]
             else:
-                out = list(pool(hidden, mask, self.pooling).float().cpu())
+                out = list(features)
             for i, vector in zip(idx, out, strict=True):
                 rows[i] = vector
         self.encoder.to("cpu").train(was_training)

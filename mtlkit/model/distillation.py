@@ -9,10 +9,10 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.model.encoder import HFEncoder
-from mtlkit.model.module import MultiTaskModule, TaskOutput
-from mtlkit.model.pooling import pool
+from mtlkit.model.module import MultiTaskModule
+from mtlkit.model.multitask import MultiTaskModel, TaskOutput
+from mtlkit.model.source import ModelSource, load_source
 from mtlkit.tasks.base import Task
-from mtlkit.transfer.source import ModelSource, load_source
 
 
 class Teacher:
@@ -28,73 +28,33 @@ class Teacher:
 
     def __init__(self, source: ModelSource, tasks: dict[str, Task]) -> None:
         self.path, self.pooling = source.path, source.pooling
-        self.levels = {n: t.level for n, t in tasks.items()}
-        self.encoder = HFEncoder(config=dict(source.encoder_config))
-        state = self.encoder.model.load_state_dict(source.encoder_state, strict=False)
-        unexpected = [k for k in state.unexpected_keys if not k.startswith("pooler.")]
-        if state.missing_keys or unexpected:
-            raise ConfigError(
-                f"teacher {source.path}: encoder weights do not match its config (missing "
-                f"{state.missing_keys[:5]}, unexpected {unexpected[:5]})"
-            )
-        self.heads = nn.ModuleDict(
-            {n: self._head(source, n, t, self.encoder.hidden_size) for n, t in tasks.items()}
-        )
-        self.encoder.eval().requires_grad_(False)
-        self.heads.eval().requires_grad_(False)
+        self.model = MultiTaskModel.from_source(source, tasks)
 
-    @staticmethod
-    def _head(source: ModelSource, name: str, task: Task, hidden: int) -> nn.Module:
-        if name not in source.heads:
-            raise ConfigError(
-                f"teacher {source.path} has no head for task {name!r}; "
-                f"it has heads for {sorted(source.heads)}"
-            )
-        saved, own = source.tasks.get(name, {}), task.head_state()
-        differ = {
-            k: (own[k], saved[k])
-            for k in own.keys() & saved.keys()
-            if own[k] is not None and saved[k] is not None and own[k] != saved[k]
-        }
-        if differ:
-            detail = ", ".join(f"{k}: student {s!r}, teacher {t!r}" for k, (s, t) in differ.items())
-            raise ConfigError(
-                f"task {name!r}: the teacher's labels differ from the student's ({detail})"
-            )
-        head = task.build_head(hidden, 0.0)
-        try:
-            head.load_state_dict(source.heads[name])
-        except RuntimeError as err:
-            raise ConfigError(
-                f"task {name!r}: the teacher's head does not fit a {type(task).__name__} head "
-                f"of {hidden} inputs: {err}"
-            ) from err
-        return head
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.encoder
+
+    @property
+    def heads(self) -> nn.ModuleDict:
+        return self.model.heads
 
     @property
     def vocab_size(self) -> int:
-        return self.encoder.vocab_size
+        return self.model.encoder.vocab_size
 
     def to(self, device: torch.device) -> Teacher:
-        self.encoder.to(device)
-        self.heads.to(device)
+        self.model.to(device)
         return self
 
     @torch.no_grad()
     def __call__(self, sub_batches: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
         """The teacher's head outputs for every sub-batch, on the sub-batches' device."""
         device = next(iter(sub_batches.values()))["input_ids"].device
-        if next(self.encoder.parameters()).device != device:
+        if next(self.model.parameters()).device != device:
             self.to(device)
-        out = {}
-        for name, batch in sub_batches.items():
-            hidden = self.encoder(
-                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
-            )
-            if self.levels[name] == "sequence":
-                hidden = pool(hidden, batch["attention_mask"], self.pooling)
-            out[name] = self.heads[name](hidden)
-        return out
+        # The teacher encodes the tokens itself: cached features are the student's encoder's.
+        plain = {n: {k: v for k, v in b.items() if k != "features"} for n, b in sub_batches.items()}
+        return {n: out["logits"] for n, out in self.model(plain).items()}
 
 
 class DistillationModule(MultiTaskModule):

@@ -1,4 +1,5 @@
-"""The multi-task LightningModule: one shared encoder, one head per task, a weighting method."""
+"""The multi-task LightningModule: trains a :class:`~mtlkit.model.multitask.MultiTaskModel`
+(losses, weighting, logging, optimizers, checkpoint hooks)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,15 @@ from torchmetrics import MeanMetric
 from mtlkit.errors import ConfigError, DataError, MtlkitError
 from mtlkit.model.distributed import global_mean_losses
 from mtlkit.model.encoder import HFEncoder
+from mtlkit.model.multitask import MultiTaskModel, TaskOutput
 from mtlkit.model.param_groups import encoder_param_groups
-from mtlkit.model.pooling import Pooling, pool
+from mtlkit.model.pooling import Pooling
 from mtlkit.optim import LinearWarmupDecay, adamw
 from mtlkit.tasks.base import Task
+from mtlkit.transfer.init import initialise_from
 from mtlkit.weighting import EqualWeighting, StepContext, StepObserver, Weighting
 
 SchedulerCallable = Callable[[Optimizer, int], LRScheduler]
-TaskOutput = dict[str, Tensor]
 #: The skipped-step fraction limit applies from this many training steps on (1 of 4 is no trend).
 MIN_STEPS_FOR_SKIP_FRACTION = 20
 
@@ -35,7 +37,11 @@ class NonFiniteError(MtlkitError, FloatingPointError):
 
 
 class MultiTaskModule(L.LightningModule):
-    """Hard parameter sharing: a shared encoder under per-task heads.
+    """Trains a :class:`~mtlkit.model.multitask.MultiTaskModel` (a shared encoder under per-task
+    heads, ``self.model``) on the tasks' losses combined by a weighting method.
+
+    The model's encoder and heads are registered here as ``encoder`` and ``heads`` (the names
+    checkpoints use: ``encoder.model.*``, ``heads.<task>.*``).
 
     Args:
         encoder: The shared encoder.
@@ -96,7 +102,11 @@ class MultiTaskModule(L.LightningModule):
         self.save_hyperparameters(
             ignore=["encoder", "tasks", "weighting", "optimizer", "lr_scheduler"]
         )
-        self.encoder = encoder
+        model = MultiTaskModel(encoder, pooling)
+        # The model is not a submodule (its parameters would be saved twice): its encoder and
+        # heads are, under the names checkpoints have always used.
+        object.__setattr__(self, "model", model)
+        self.encoder, self.heads = model.encoder, model.heads
         self.tasks = {t.name: t for t in tasks}
         if len(self.tasks) != len(tasks):
             raise ConfigError(f"duplicate task names in {[t.name for t in tasks]}")
@@ -128,7 +138,6 @@ class MultiTaskModule(L.LightningModule):
             raise ConfigError("init_heads needs init_from (the checkpoint to load them from)")
         self.init_from, self.init_heads, self.layer_lr_decay = init_from, init_heads, layer_lr_decay
         self._initialised_from: str | None = None
-        self.heads = nn.ModuleDict()
         self.metrics = nn.ModuleDict()
         if all(t.is_ready for t in tasks):
             self.configure_model()
@@ -148,13 +157,13 @@ class MultiTaskModule(L.LightningModule):
                 raise ConfigError(
                     f"task {name!r} has unresolved labels; set num_labels or set up the data first"
                 )
-            self.heads[name] = task.build_head(self.encoder.hidden_size, self.dropout)
+            self.model.add_task(
+                name, task.level, task.build_head(self.encoder.hidden_size, self.dropout)
+            )
             for split in ("val", "test"):
                 self.metrics[f"{split}_{name}"] = task.build_metrics()
                 self.metrics[f"{split}_{name}_loss"] = MeanMetric()
         if self.init_from is not None and self._initialised_from != self.init_from:
-            from mtlkit.transfer.init import initialise_from
-
             initialise_from(self, self.init_from, self.init_heads)
             self._initialised_from = self.init_from
 
@@ -178,47 +187,9 @@ class MultiTaskModule(L.LightningModule):
             bind(self)
 
     # ------------------------------------------------------------ forward
-    def encode(self, sub_batches: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
-        """Runs the encoder once over all sub-batches; returns each task's token states."""
-        names = list(sub_batches)
-        if self.encoder.per_task:  # task-specific encoder parameters: one pass per task
-            return {
-                n: self.encoder(
-                    b["input_ids"], b["attention_mask"], b.get("token_type_ids"), task=n
-                )
-                for n, b in sub_batches.items()
-            }
-        width = max(b["input_ids"].shape[1] for b in sub_batches.values())
-
-        def cat(key: str) -> Tensor | None:
-            if not all(key in sub_batches[n] for n in names):
-                return None
-            parts = [sub_batches[n][key] for n in names]
-            return torch.cat([nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
-
-        hidden = self.encoder(cat("input_ids"), cat("attention_mask"), cat("token_type_ids"))
-        sizes = [sub_batches[n]["input_ids"].shape[0] for n in names]
-        return {
-            n: h[:, : sub_batches[n]["input_ids"].shape[1]]
-            for n, h in zip(names, hidden.split(sizes), strict=True)
-        }
-
     def forward(self, sub_batches: dict[str, dict[str, Tensor]]) -> dict[str, TaskOutput]:
-        """Head outputs (``logits``) and head inputs (``features``) for every task present."""
-        # Sub-batches with cached ``features`` (feature-based transfer) skip the encoder.
-        cached = {n: b["features"] for n, b in sub_batches.items() if "features" in b}
-        to_encode = {n: b for n, b in sub_batches.items() if n not in cached}
-        hidden = self.encode(to_encode) if to_encode else {}
-        out = {}
-        for name, batch in sub_batches.items():
-            if name in cached:
-                features = cached[name]
-            elif self.tasks[name].level == "token":
-                features = hidden[name]
-            else:
-                features = pool(hidden[name], batch["attention_mask"], self.pooling)
-            out[name] = {"features": features, "logits": self.heads[name](features)}
-        return out
+        """Head outputs (``logits``) and head inputs (``features``): the model's forward."""
+        return self.model(sub_batches)
 
     def task_losses(
         self, outputs: dict[str, TaskOutput], sub_batches: dict[str, dict[str, Tensor]]
@@ -506,7 +477,7 @@ class MultiTaskModule(L.LightningModule):
 
     # -------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["mtlkit_tasks"] = {n: t.head_state() for n, t in self.tasks.items()}
+        checkpoint["mtlkit_tasks"] = {n: t.label_state() for n, t in self.tasks.items()}
         # Enough to rebuild the encoder without the run's config (init_from, export, teachers).
         checkpoint["mtlkit_encoder"] = {
             "config": self.encoder.model.config.to_dict(),
@@ -522,8 +493,10 @@ class MultiTaskModule(L.LightningModule):
             )
         for name, state in saved.items():
             if name in self.tasks:
-                _check_label_names(name, state, self.tasks[name].head_state())
-                self.tasks[name].load_head_state(state)
+                _check_label_names(name, state, self.tasks[name].label_state())
+                self.tasks[name].load_label_state(state)
+        # The checkpoint holds every weight: init_from's source is not read (nor needed).
+        self._initialised_from = self.init_from
         self.configure_model()
         # A checkpoint of another architecture (hidden size, vocabulary, ...) fails here with the
         # parameter named, not later inside torch's load_state_dict.

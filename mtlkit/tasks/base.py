@@ -177,6 +177,12 @@ class Task(ABC):
         """How many targets the loss of a sub-batch averages over (examples by default)."""
         return int(labels.shape[0])
 
+    def output_spec(self) -> dict[str, Any]:
+        """How a prediction is read from the head's outputs: ``{"kind": ...}`` and the settings
+        of that kind, stored in exports; ``kind`` names a decoder in ``mtlkit.model.outputs``
+        (default ``logits``: the raw outputs)."""
+        return {"kind": "logits"}
+
     def metric_inputs(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Turns head outputs and targets into the ``(preds, target)`` the metrics take."""
         return logits.detach(), labels

@@ -197,6 +197,11 @@ class MultiLabelClassification(Task):
         """``(sigmoid probabilities, 0/1 int targets)``, both ``[batch, num_labels]``."""
         return torch.sigmoid(logits.detach().float()), labels.long()
 
+    def output_spec(self) -> dict[str, Any]:
+        """How a prediction is read from the head's outputs (``mtlkit.model.outputs``):
+        the labels above ``threshold`` and every label's probability."""
+        return {"kind": "multi_label", "threshold": self.threshold}
+
     def build_metrics(self) -> MetricCollection:
         n, t = self.num_labels, self.threshold
         return MetricCollection(

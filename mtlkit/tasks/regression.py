@@ -123,6 +123,11 @@ class Regression(Task):
         """``(predictions, targets)`` as float32 vectors on the original target scale."""
         return self.denormalize(logits.detach()).reshape(-1), labels.float().reshape(-1)
 
+    def output_spec(self) -> dict[str, Any]:
+        """How a prediction is read from the head's outputs (``mtlkit.model.outputs``):
+        the value on the data's scale (``label_state``'s target scale and shift)."""
+        return {"kind": "regression"}
+
     def build_metrics(self) -> MetricCollection:
         with warnings.catch_warnings():  # "will save all targets and predictions in the buffer"
             warnings.filterwarnings("ignore", message=".*save all targets and predictions.*")

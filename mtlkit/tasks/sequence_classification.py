@@ -98,6 +98,11 @@ class SequenceClassification(Task):
         distributions."""
         return soft_kl(logits, teacher_logits, temperature).mean()
 
+    def output_spec(self) -> dict[str, Any]:
+        """How a prediction is read from the head's outputs (``mtlkit.model.outputs``):
+        the most probable label and every label's probability."""
+        return {"kind": "sequence_classification"}
+
     def build_metrics(self) -> MetricCollection:
         n = self.num_labels
         return MetricCollection(

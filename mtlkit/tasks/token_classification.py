@@ -242,6 +242,11 @@ class TokenClassification(Task):
         """``(argmax tag ids, labels)``, both ``[batch, length]``; -100 marks skipped tokens."""
         return logits.detach().argmax(dim=-1), labels
 
+    def output_spec(self) -> dict[str, Any]:
+        """How a prediction is read from the head's outputs (``mtlkit.model.outputs``):
+        one tag per whitespace word, from its first sub-token."""
+        return {"kind": "token_classification"}
+
     def build_metrics(self) -> MetricCollection:
         n = self.num_labels
         accuracy = MulticlassAccuracy(num_classes=n, average="micro", ignore_index=IGNORE_INDEX)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,11 +12,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
-from mtlkit.transfer.source import ModelSource, load_source
+from mtlkit.model.source import ModelSource, load_source
 
 if TYPE_CHECKING:
     from mtlkit.model.encoder import HFEncoder
     from mtlkit.model.module import MultiTaskModule
+    from mtlkit.model.multitask import MultiTaskModel
 
 #: How many names a report line lists before it only counts the rest.
 _SHOWN = 8
@@ -58,38 +60,58 @@ class InitReport:
         )
 
 
-def initialise_from(
-    module: MultiTaskModule, path: str, heads: list[str] | dict[str, str] | None = None
+def load_weights(
+    model: MultiTaskModel,
+    source: ModelSource,
+    heads: list[str] | dict[str, str] | None = None,
+    label_states: Mapping[str, dict[str, Any]] | None = None,
 ) -> InitReport:
-    """Loads a trained model's shared encoder, and the requested heads, into ``module``.
+    """Copies a trained model's shared encoder, and the requested heads, into ``model``.
 
     Every check runs before any weight is written, so a failing call leaves the model as it
     was. Values are copied in place (``load_state_dict`` under ``torch.no_grad()``):
     ``requires_grad`` flags (frozen layers) and devices stay as they are.
 
     Args:
-        module: The model; its heads must be built (``configure_model``).
-        path: A mtlkit checkpoint (``.ckpt``) or an exported folder (``mtlkit export``).
+        model: The model; the heads to load must be built.
+        source: The trained model (``load_source``: a checkpoint or an exported folder).
         heads: Heads to load as well: task names present in both models, or
             ``{this_task: source_task}``. ``None`` loads no head.
-
-    Returns:
-        The report, also stored as ``module.init_report`` and printed once (rank zero).
+        label_states: Each task's label metadata (``Task.label_state()``), compared with the
+            source's before a head is loaded.
 
     Raises:
         ConfigError: Different architectures (a shape or the number of layers differs), a
             requested head the source lacks, or a head whose labels differ.
     """
-    source = load_source(path)
     report = InitReport(source=source.path)
-    encoder = _encoder_values(module.encoder, source, report)
-    head_states = _head_values(module, source, _head_mapping(module, heads), report)
+    encoder = _encoder_values(model.encoder, source, report)
+    mapping = _head_mapping(model, heads)
+    head_states = _head_values(model, dict(label_states or {}), source, mapping, report)
     # load_state_dict copies in place (flags and devices stay) and runs the encoder's load
     # hooks: LoRA maps Hugging Face keys to its wrapped layers, soft sharing re-syncs its copies.
     with torch.no_grad():
-        module.encoder.model.load_state_dict(encoder, strict=False)
+        model.encoder.model.load_state_dict(encoder, strict=False)
         for task, state in head_states.items():
-            module.heads[task].load_state_dict(state)
+            model.heads[task].load_state_dict(state)
+    return report
+
+
+def initialise_from(
+    module: MultiTaskModule, path: str, heads: list[str] | dict[str, str] | None = None
+) -> InitReport:
+    """``init_from``: :func:`load_weights` from ``path`` into the module's model.
+
+    Args:
+        module: The training module; its heads must be built (``configure_model``).
+        path: A mtlkit checkpoint (``.ckpt``) or an exported folder (``mtlkit export``).
+        heads: Heads to load as well (see :func:`load_weights`).
+
+    Returns:
+        The report, also stored as ``module.init_report`` and printed once (rank zero).
+    """
+    labels = {name: task.label_state() for name, task in module.tasks.items()}
+    report = load_weights(module.model, load_source(path), heads, labels)
     module.init_report = report
     rank_zero_info(str(report))
     return report
@@ -190,20 +212,24 @@ def _describe(config: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------- heads
 def _head_mapping(
-    module: MultiTaskModule, heads: list[str] | dict[str, str] | None
+    model: MultiTaskModel, heads: list[str] | dict[str, str] | None
 ) -> dict[str, str]:
     mapping = dict(heads) if isinstance(heads, dict) else {t: t for t in heads or []}
-    unknown = sorted(set(mapping) - set(module.heads))
+    unknown = sorted(set(mapping) - set(model.heads))
     if unknown:
         raise ConfigError(
             f"init_heads names task(s) {unknown} that this model does not have; "
-            f"its tasks are {sorted(module.heads)}"
+            f"its tasks are {sorted(model.heads)}"
         )
     return mapping
 
 
 def _head_values(
-    module: MultiTaskModule, source: ModelSource, mapping: dict[str, str], report: InitReport
+    model: MultiTaskModel,
+    label_states: dict[str, dict[str, Any]],
+    source: ModelSource,
+    mapping: dict[str, str],
+    report: InitReport,
 ) -> dict[str, dict[str, Tensor]]:
     states = {}
     for target, origin in mapping.items():
@@ -212,14 +238,12 @@ def _head_values(
                 f"init_heads: the source {source.path} has no head {origin!r} (for task "
                 f"{target!r}); it has heads {sorted(source.heads)}"
             )
-        _check_labels(
-            module.tasks[target].head_state(), source.tasks.get(origin, {}), target, origin
-        )
-        _check_head(module.heads[target], source.heads[origin], target, origin)
+        _check_labels(label_states.get(target, {}), source.tasks.get(origin, {}), target, origin)
+        _check_head(model.heads[target], source.heads[origin], target, origin)
         states[target] = source.heads[origin]
         report.heads[target] = origin
         report.loaded.append(f"heads.{target}")
-    report.new += [f"heads.{t}" for t in module.heads if t not in mapping]
+    report.new += [f"heads.{t}" for t in model.heads if t not in mapping]
     used = set(mapping.values())
     report.skipped += [f"heads.{s}" for s in source.heads if s not in used]
     return states

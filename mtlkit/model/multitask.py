@@ -1,0 +1,208 @@
+"""The multi-task model: a shared encoder, sentence pooling, one head per task, one forward.
+
+A plain ``nn.Module`` that knows nothing of training (no Lightning): the LightningModule
+(:class:`~mtlkit.model.module.MultiTaskModule`) trains it; export, ``ExportedModel``, the
+distillation teacher and the feature cache run the same object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.errors import ConfigError
+from mtlkit.model.encoder import HFEncoder
+from mtlkit.model.outputs import OutputDecoder, output_decoder
+from mtlkit.model.pooling import Pooling, pool
+from mtlkit.model.source import ModelSource
+
+if TYPE_CHECKING:
+    from mtlkit.tasks.base import Task
+
+Level = Literal["sequence", "token"]
+TaskOutput = dict[str, Tensor]
+SubBatches = dict[str, dict[str, Tensor]]
+
+
+class MultiTaskModel(nn.Module):
+    """Hard parameter sharing: one encoder under per-task heads.
+
+    Args:
+        encoder: The shared encoder (an :class:`HFEncoder`, or any module called as
+            ``encoder(input_ids, attention_mask, token_type_ids[, task=])`` that returns token
+            states; ``per_task`` encoders run once per task).
+        pooling: Sentence vector of sequence-level heads: ``cls`` or ``mean``.
+        heads: Each task's head (input: the pooled vector, or every token state).
+        levels: Each task's level, ``sequence`` or ``token`` (default ``sequence``).
+        decoders: Each task's output decoding (default: raw logits).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        pooling: Pooling = "mean",
+        heads: Mapping[str, nn.Module] | None = None,
+        levels: Mapping[str, Level] | None = None,
+        decoders: Mapping[str, OutputDecoder] | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ConfigError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.encoder, self.pooling = encoder, pooling
+        self.heads = nn.ModuleDict(dict(heads or {}))
+        self.levels: dict[str, Level] = dict(levels or {})
+        self.decoders: dict[str, OutputDecoder] = dict(decoders or {})
+
+    # ------------------------------------------------------------ building
+    def add_task(self, name: str, level: Level, head: nn.Module | None = None) -> None:
+        """Declares a task (its level), with its head once the labels are known."""
+        self.levels[name] = level
+        if head is not None:
+            self.heads[name] = head
+
+    @classmethod
+    def from_source(
+        cls, source: ModelSource, tasks: Mapping[str, Task] | None = None
+    ) -> MultiTaskModel:
+        """A trained model (checkpoint or exported folder, read by ``load_source``) in eval mode.
+
+        Args:
+            source: The weights and metadata.
+            tasks: Build these tasks' heads with the task objects (and check their labels
+                against the source's); default: every exported head as one linear layer
+                (exported folders only).
+
+        Raises:
+            ConfigError: Weights that do not fit the config, a missing head, other labels.
+        """
+        encoder = HFEncoder(config=dict(source.encoder_config))
+        state = encoder.model.load_state_dict(source.encoder_state, strict=False)
+        unexpected = [k for k in state.unexpected_keys if not k.startswith("pooler.")]
+        if state.missing_keys or unexpected:
+            raise ConfigError(
+                f"{'teacher ' if tasks is not None else ''}{source.path}: encoder weights do not "
+                f"match its config (missing "
+                f"{state.missing_keys[:5]}, unexpected {unexpected[:5]})"
+            )
+        model = cls(encoder, source.pooling)  # type: ignore[arg-type]
+        if tasks is None:
+            for name, spec in source.specs.items():
+                head = spec["head"]
+                linear = nn.Linear(
+                    head["in_features"], head["out_features"], bias=bool(head["bias"])
+                )
+                linear.load_state_dict(
+                    {"weight": source.heads[name][head["weight"]]}
+                    | ({"bias": source.heads[name][head["bias"]]} if head["bias"] else {})
+                )
+                model.add_task(name, spec["level"], linear)
+                model.decoders[name] = output_decoder(spec, int(head["out_features"]))
+        else:
+            for name, task in tasks.items():
+                model.add_task(name, task.level, _source_head(source, name, task, encoder))
+        return model.eval().requires_grad_(False)
+
+    # ------------------------------------------------------------- running
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.levels)
+
+    def encode(self, sub_batches: SubBatches) -> dict[str, Tensor]:
+        """Runs the encoder once over all sub-batches; returns each task's token states."""
+        names = list(sub_batches)
+        if getattr(self.encoder, "per_task", False):  # task parameters: one pass per task
+            return {
+                n: self.encoder(
+                    b["input_ids"], b["attention_mask"], b.get("token_type_ids"), task=n
+                )
+                for n, b in sub_batches.items()
+            }
+        width = max(b["input_ids"].shape[1] for b in sub_batches.values())
+
+        def cat(key: str) -> Tensor | None:
+            if not all(key in sub_batches[n] for n in names):
+                return None
+            parts = [sub_batches[n][key] for n in names]
+            return torch.cat([nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+
+        hidden = self.encoder(cat("input_ids"), cat("attention_mask"), cat("token_type_ids"))
+        sizes = [sub_batches[n]["input_ids"].shape[0] for n in names]
+        return {
+            n: h[:, : sub_batches[n]["input_ids"].shape[1]]
+            for n, h in zip(names, hidden.split(sizes), strict=True)
+        }
+
+    def head_inputs(self, sub_batches: SubBatches) -> dict[str, Tensor]:
+        """Each task's head input: the pooled vector, or the token states (token tasks).
+
+        Sub-batches with cached ``features`` (feature-based transfer) skip the encoder.
+        """
+        cached = {n: b["features"] for n, b in sub_batches.items() if "features" in b}
+        to_encode = {n: b for n, b in sub_batches.items() if n not in cached}
+        hidden = self.encode(to_encode) if to_encode else {}
+        out = {}
+        for name, batch in sub_batches.items():
+            if name in cached:
+                out[name] = cached[name]
+            elif self.levels.get(name, "sequence") == "token":
+                out[name] = hidden[name]
+            else:
+                out[name] = pool(hidden[name], batch["attention_mask"], self.pooling)
+        return out
+
+    def forward(self, sub_batches: SubBatches) -> dict[str, TaskOutput]:
+        """Head outputs (``logits``) and head inputs (``features``) for every task present."""
+        return {
+            name: {"features": features, "logits": self.heads[name](features)}
+            for name, features in self.head_inputs(sub_batches).items()
+        }
+
+    def shared_forward(self, batch: dict[str, Tensor], names: list[str]) -> dict[str, Tensor]:
+        """The logits of several tasks that read the same inputs: one encoder pass, one pooling."""
+        hidden = self.encode({names[0]: batch})[names[0]]
+        pooled = None
+        out = {}
+        for name in names:
+            if self.levels.get(name, "sequence") == "token":
+                out[name] = self.heads[name](hidden)
+                continue
+            if pooled is None:
+                pooled = pool(hidden, batch["attention_mask"], self.pooling)
+            out[name] = self.heads[name](pooled)
+        return out
+
+    def decode(self, name: str, logits: Tensor, **inputs: Any) -> dict[str, Any]:
+        """One input's prediction for task ``name`` (see :class:`OutputDecoder`)."""
+        return self.decoders[name].decode(logits, **inputs)
+
+
+def _source_head(source: ModelSource, name: str, task: Task, encoder: HFEncoder) -> nn.Module:
+    """``task``'s head (built by the task) with the source's weights; labels checked."""
+    if name not in source.heads:
+        raise ConfigError(
+            f"teacher {source.path} has no head for task {name!r}; "
+            f"it has heads for {sorted(source.heads)}"
+        )
+    saved, own = source.tasks.get(name, {}), task.label_state()
+    differ = {
+        k: (own[k], saved[k])
+        for k in own.keys() & saved.keys()
+        if own[k] is not None and saved[k] is not None and own[k] != saved[k]
+    }
+    if differ:
+        detail = ", ".join(f"{k}: student {s!r}, teacher {t!r}" for k, (s, t) in differ.items())
+        raise ConfigError(
+            f"task {name!r}: the teacher's labels differ from the student's ({detail})"
+        )
+    head = task.build_head(encoder.hidden_size, 0.0)
+    try:
+        head.load_state_dict(source.heads[name])
+    except RuntimeError as err:
+        raise ConfigError(
+            f"task {name!r}: the teacher's head does not fit a {type(task).__name__} head "
+            f"of {encoder.hidden_size} inputs: {err}"
+        ) from err
+    return head

@@ -1,0 +1,218 @@
+"""A trained mtlkit model as plain tensors, read from a checkpoint or an exported folder.
+
+What :class:`~mtlkit.model.multitask.MultiTaskModel` is built from (distillation teachers,
+``ExportedModel``) and what ``init_from`` copies weights from. An exported folder (written by
+``mtlkit export``) holds::
+
+    encoder/            Hugging Face ``save_pretrained`` (config.json, model.safetensors)
+    tokenizer/          Hugging Face ``save_pretrained``
+    heads.safetensors   every head's tensors, keys ``<task>.<param>``
+    mtlkit.json         format version, pooling and, per task, how to tokenize its input and
+                        how to read its outputs (labels, threshold, target scale)
+
+Needs torch, transformers and safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+from transformers import AutoModel, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from mtlkit.errors import ConfigError
+from mtlkit.paths import resolve_path
+
+FORMAT = "mtlkit-export"
+FORMAT_VERSION = 1
+META_FILE = "mtlkit.json"
+HEADS_FILE = "heads.safetensors"
+ENCODER_DIR = "encoder"
+TOKENIZER_DIR = "tokenizer"
+#: Checkpoint state-dict prefixes of the shared encoder's Hugging Face model and of the heads.
+ENCODER_PREFIX = "encoder.model."
+HEADS_PREFIX = "heads."
+
+
+@dataclass
+class ModelSource:
+    """The parts of a trained model, independent of how it was stored.
+
+    Attributes:
+        path: Where it was read from (for messages).
+        encoder_config: The Hugging Face config of the shared encoder, as a dict.
+        encoder_state: The encoder's weights, keys as in the Hugging Face model.
+        heads: Each task's head weights, keys as in the head module.
+        tasks: Each task's label metadata (``Task.label_state()``).
+        pooling: The sentence pooling the heads were trained with.
+        specs: Exported folders: each task's ``mtlkit.json`` entry (level, kind, head shape,
+            tokenization); empty for checkpoints.
+    """
+
+    path: str
+    encoder_config: dict[str, Any]
+    encoder_state: dict[str, Tensor]
+    heads: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pooling: str = "mean"
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------ exported folders
+def read_meta(folder: str | Path, need_tokenizer: bool = True) -> dict[str, Any]:
+    """Checks that ``folder`` is an export and returns its ``mtlkit.json``.
+
+    Raises:
+        FileNotFoundError: The folder or one of its files is missing (named in the message).
+        ValueError: ``mtlkit.json`` is not an export description this version reads.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"exported model folder {str(folder)!r} does not exist")
+    needed = [META_FILE, HEADS_FILE, f"{ENCODER_DIR}/config.json"]
+    needed += [f"{TOKENIZER_DIR}/tokenizer_config.json"] if need_tokenizer else []
+    for name in needed:
+        if not (folder / name).exists():
+            raise FileNotFoundError(
+                f"{folder} is not an exported mtlkit model: it has no {name} "
+                "(write one with `mtlkit export`)"
+            )
+    meta = json.loads((folder / META_FILE).read_text())
+    if meta.get("format") != FORMAT or int(meta.get("version", 0)) > FORMAT_VERSION:
+        raise ValueError(
+            f"{folder / META_FILE} is not a {FORMAT} description of version <= {FORMAT_VERSION} "
+            f"(format {meta.get('format')!r}, version {meta.get('version')!r})"
+        )
+    return meta
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silences transformers' progress bars and load report while an export is read or written
+    (the training encoder drops BERT's unused pooler, so loading reports its weights missing)."""
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_encoder(folder: str | Path) -> PreTrainedModel:
+    """The exported encoder, without the pooler it was trained without.
+
+    Raises:
+        ValueError: Weights other than the pooler's are missing from the folder.
+    """
+    with quiet_transformers():
+        model, info = AutoModel.from_pretrained(str(folder), output_loading_info=True)
+    missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
+    if missing:
+        raise ValueError(f"encoder in {folder} lacks weights {sorted(missing)[:5]}")
+    if info["missing_keys"] and getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model.eval()
+
+
+def split_heads(
+    flat: dict[str, Tensor], specs: dict[str, dict[str, Any]], where: str
+) -> dict[str, dict[str, Tensor]]:
+    """``heads.safetensors``'s ``<task>.<param>`` tensors, per task (checked against specs).
+
+    Raises:
+        ValueError: A task's tensors are missing.
+    """
+    heads = {}
+    for name, spec in specs.items():
+        keys = [f"{name}.{p}" for p in spec["head"]["params"]]
+        absent = [k for k in keys if k not in flat]
+        if absent:
+            raise ValueError(f"{where} lacks tensors {absent} of task {name!r}")
+        heads[name] = {k[len(name) + 1 :]: flat[k] for k in keys}
+    return heads
+
+
+def source_from_parts(
+    path: str, encoder: PreTrainedModel, meta: dict[str, Any], flat: dict[str, Tensor]
+) -> ModelSource:
+    """An export's parts (encoder, ``mtlkit.json``, head tensors) as a :class:`ModelSource`."""
+    return ModelSource(
+        path=path,
+        encoder_config=encoder.config.to_dict(),
+        encoder_state=dict(encoder.state_dict()),
+        heads=split_heads(flat, meta["tasks"], f"{path}/{HEADS_FILE}"),
+        tasks={n: dict(s.get("head_state", {})) for n, s in meta["tasks"].items()},
+        pooling=meta.get("pooling", "mean"),
+        specs={n: dict(s) for n, s in meta["tasks"].items()},
+    )
+
+
+def read_exported(folder: str | Path) -> ModelSource:
+    """Reads an exported folder as a :class:`ModelSource`.
+
+    Raises:
+        ConfigError: The folder is not an export (the missing file is named).
+    """
+    folder = Path(folder)
+    try:
+        meta = read_meta(folder, need_tokenizer=False)
+        encoder = load_encoder(folder / ENCODER_DIR)
+        return source_from_parts(str(folder), encoder, meta, load_file(str(folder / HEADS_FILE)))
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from err
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _split_heads(state: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    heads: dict[str, dict[str, Tensor]] = {}
+    for key, value in state.items():
+        if key.startswith(HEADS_PREFIX):
+            task, _, rest = key[len(HEADS_PREFIX) :].partition(".")
+            heads.setdefault(task, {})[rest] = value
+    return heads
+
+
+def read_checkpoint(path: str | Path) -> ModelSource:
+    """Reads a mtlkit checkpoint (``.ckpt``) as a :class:`ModelSource` (``weights_only``)."""
+    try:  # weights_only: a checkpoint never runs pickled code
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"cannot read checkpoint {path}: {err}") from err
+    meta = ckpt.get("mtlkit_encoder")
+    state = ckpt.get("state_dict")
+    if meta is None or state is None:
+        raise ConfigError(
+            f"{path} is not a mtlkit checkpoint (no 'mtlkit_encoder' / 'state_dict'); "
+            "checkpoints written by mtlkit fit since transfer support have them"
+        )
+    n = len(ENCODER_PREFIX)
+    encoder = {k[n:]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+    return ModelSource(
+        path=str(path),
+        encoder_config=dict(meta["config"]),
+        encoder_state=encoder,
+        heads=_split_heads(state),
+        tasks=dict(ckpt.get("mtlkit_tasks", {})),
+        pooling=meta.get("pooling", "mean"),
+    )
+
+
+def load_source(path: str) -> ModelSource:
+    """Reads a mtlkit checkpoint (``.ckpt``) or an exported folder (``mtlkit export``)."""
+    resolved = Path(resolve_path(path))
+    if resolved.is_dir():
+        return read_exported(resolved)
+    if not resolved.exists():
+        raise ConfigError(f"init/teacher source {path!r} does not exist")
+    return read_checkpoint(resolved)
