@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import BaseFinetuning, EarlyStopping
 from torch import nn
 from torch.optim import Optimizer
 
+from mtlkit._compat import chained_schedulers, last_lrs
 from mtlkit.errors import ConfigError
 
 
@@ -228,14 +229,15 @@ def extend_schedulers(trainer: L.Trainer) -> None:
         groups = config.scheduler.optimizer.param_groups
         for group in groups:
             group.setdefault("initial_lr", group["lr"])
-        # SequentialLR and ChainedScheduler hold their schedulers in ``_schedulers``.
-        for scheduler in [config.scheduler, *getattr(config.scheduler, "_schedulers", [])]:
+        for scheduler in [config.scheduler, *chained_schedulers(config.scheduler)]:
             for attr in ("lr_lambdas", "min_lrs"):  # LambdaLR & co., ReduceLROnPlateau
                 values = getattr(scheduler, attr, None)
                 if isinstance(values, list) and values:
                     values.extend(values[0] for _ in range(len(groups) - len(values)))
-            for attr, key in (("base_lrs", "initial_lr"), ("_last_lr", "lr")):
-                values = getattr(scheduler, attr, None)
+            for values, key in (
+                (getattr(scheduler, "base_lrs", None), "initial_lr"),
+                (last_lrs(scheduler), "lr"),
+            ):
                 if isinstance(values, list):
                     values.extend(g[key] for g in groups[len(values) :])
 

@@ -13,6 +13,7 @@ from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from mtlkit._compat import dataset_fingerprint
 from mtlkit.data.batching import (
     BatchMode,
     EvalBatchSampler,
@@ -150,7 +151,7 @@ class MultiTaskDataModule(L.LightningDataModule):
 
         kwargs: dict[str, Any] = {}
         if self.cache_dir is not None:
-            key = Hasher.hash([ds._fingerprint, task.fingerprint(), self._tokenizer_key])
+            key = Hasher.hash([dataset_fingerprint(ds), task.fingerprint(), self._tokenizer_key])
             folder = Path(self.cache_dir) / task.name
             folder.mkdir(parents=True, exist_ok=True)
             kwargs["cache_file_name"] = str(folder / f"{split}-{key}.arrow")

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from torchjd.autogram import Engine
 
+from mtlkit._compat import reset_engine
 from mtlkit.errors import ConfigError
 
 
@@ -65,13 +66,3 @@ class AutogramGramian:
             reset_engine(self._engine)
             self._pending = 0
         self._pending += 1
-
-
-def reset_engine(engine: Engine) -> None:
-    """Forgets the forward passes an engine recorded (its ``compute_gramian`` does this when it
-    finishes). torchjd has no public call for it: this is the one place that reaches into its
-    private state, and ``tests/test_gradient_weighting.py`` fails if that state changes."""
-    engine._gramian_accumulator.reset()
-    engine._target_edges.reset()
-    for computer in engine._gramian_computers.values():
-        computer.reset()

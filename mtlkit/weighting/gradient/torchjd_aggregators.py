@@ -14,6 +14,7 @@ from torchjd.aggregation import NashMTL as _TorchJDNashMTL
 from torchjd.aggregation import UPGradWeighting
 from torchjd.linalg import DualConeProjector, QuadprogProjector
 
+from mtlkit._compat import rebuild_nash_problem
 from mtlkit.weighting.gradient.base import GradientAggregator, GramianAggregator
 
 
@@ -234,4 +235,4 @@ class NashMTL(GradientAggregator):
         w.step = float(nash["step"])
         if w.step > 0:
             # torchjd builds its cvxpy problem at step 0 only, from prvs_alpha: rebuild it.
-            w._init_optim_problem()
+            rebuild_nash_problem(w)
