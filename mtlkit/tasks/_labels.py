@@ -168,13 +168,13 @@ def encode_string_label_lists(
     return mapped, list(names)
 
 
-def label_head_state(task: Any) -> dict[str, Any]:
+def class_label_state(task: Any) -> dict[str, Any]:
     """The label metadata a classification head is built from (saved in checkpoints)."""
     return {"num_labels": task.num_labels, "label_names": task.label_names}
 
 
-def load_label_head_state(task: Any, state: dict[str, Any]) -> None:
-    """Restores :func:`label_head_state`, refusing a checkpoint with another number of labels."""
+def load_class_label_state(task: Any, state: dict[str, Any]) -> None:
+    """Restores :func:`class_label_state`, refusing a checkpoint with another number of labels."""
     if task.num_labels is not None and state["num_labels"] != task.num_labels:
         raise DataError(
             f"task {task.name!r}: checkpoint has {state['num_labels']} labels, "

@@ -18,10 +18,10 @@ from mtlkit.sources import DataSource
 from mtlkit.tasks._checks import check_label_cells, check_label_lists
 from mtlkit.tasks._labels import (
     check_label_range,
-    label_head_state,
+    class_label_state,
     label_list_names,
     list_element_feature,
-    load_label_head_state,
+    load_class_label_state,
     resolve_num_labels,
 )
 from mtlkit.tasks.base import Task, linear_head, text_inputs
@@ -212,7 +212,7 @@ class MultiLabelClassification(Task):
         )
 
     def label_state(self) -> dict[str, Any]:
-        return label_head_state(self)
+        return class_label_state(self)
 
     def load_label_state(self, state: dict[str, Any]) -> None:
-        load_label_head_state(self, state)
+        load_class_label_state(self, state)

@@ -16,9 +16,9 @@ from mtlkit.sources import DataSource
 from mtlkit.tasks._checks import check_label_cells, integer_class_ids, require_two_classes
 from mtlkit.tasks._labels import (
     check_label_range,
+    class_label_state,
     encode_string_labels,
-    label_head_state,
-    load_label_head_state,
+    load_class_label_state,
     resolve_num_labels,
 )
 from mtlkit.tasks.base import Task, linear_head, soft_kl, text_inputs
@@ -113,7 +113,7 @@ class SequenceClassification(Task):
         )
 
     def label_state(self) -> dict[str, Any]:
-        return label_head_state(self)
+        return class_label_state(self)
 
     def load_label_state(self, state: dict[str, Any]) -> None:
-        load_label_head_state(self, state)
+        load_class_label_state(self, state)

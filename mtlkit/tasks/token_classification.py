@@ -18,10 +18,10 @@ from mtlkit.sources import DataSource
 from mtlkit.tasks._checks import check_label_lists, check_word_lists, require_two_classes
 from mtlkit.tasks._labels import (
     check_label_range,
-    label_head_state,
+    class_label_state,
     label_list_names,
     list_element_feature,
-    load_label_head_state,
+    load_class_label_state,
     resolve_num_labels,
 )
 from mtlkit.tasks.base import IGNORE_INDEX, Task, _pad, linear_head, soft_kl
@@ -264,8 +264,8 @@ class TokenClassification(Task):
         return MetricCollection({"token_accuracy": accuracy, "macro_f1": macro})
 
     def label_state(self) -> dict[str, Any]:
-        return label_head_state(self)
+        return class_label_state(self)
 
     def load_label_state(self, state: dict[str, Any]) -> None:
-        load_label_head_state(self, state)
+        load_class_label_state(self, state)
         self._configure_scheme()
