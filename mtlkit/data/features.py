@@ -44,8 +44,9 @@ class FeatureDataModule(MultiTaskDataModule):
 
     The model needs an encoder too, for the hidden size and so that its checkpoints are a
     complete text model: give it the same encoder as here (a YAML anchor, ``&encoder`` /
-    ``*encoder``, writes it once) and the same ``pooling``. When training starts, the model's
-    encoder takes this encoder's weights and is frozen (:meth:`bind_model`).
+    ``*encoder``, writes it once) and the same ``pooling``. When training starts, the model reads
+    them from here: its encoder takes this encoder's weights and is frozen
+    (:meth:`~mtlkit.model.multitask.MultiTaskModel.load_frozen_encoder`).
 
     Args:
         encoder: The frozen feature extractor.
@@ -162,26 +163,9 @@ class FeatureDataModule(MultiTaskDataModule):
 
     # -------------------------------------------------------------- model
     def bind_model(self, model: MultiTaskModule) -> None:
-        """Makes ``model``'s encoder this frozen encoder (called by the model's ``setup``).
-
-        The heads learn on this encoder's outputs, so the model's checkpoint must hold the same
-        weights and pooling to be a working text model; its encoder is never run nor trained.
-        """
-        if model.encoder.per_task:
-            raise ConfigError("feature-based training needs a plain encoder in the model")
-        if model.pooling != self.pooling:
-            raise ConfigError(
-                f"model.pooling is {model.pooling!r} but the features were pooled with "
-                f"{self.pooling!r}; set the same pooling in the model and the data module"
-            )
-        try:
-            model.encoder.load_state_dict(self.encoder.state_dict())
-        except RuntimeError as err:
-            raise ConfigError(
-                "the model's encoder and data.encoder have different architectures; give the "
-                f"model the same encoder as the data module: {str(err).splitlines()[0]}"
-            ) from err
-        model.encoder.requires_grad_(False)
+        """Gives ``model`` this frozen encoder's weights (what the model's ``setup`` does itself
+        with a feature data module: :meth:`MultiTaskModel.load_frozen_encoder`)."""
+        model.model.load_frozen_encoder(self.encoder, self.pooling)
 
 
 class FeatureSplit:

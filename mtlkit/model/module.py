@@ -10,12 +10,13 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
+from mtlkit.data.features import FeatureDataModule
 from mtlkit.errors import ConfigError, DataError, MtlkitError
 from mtlkit.model.distributed import global_mean_losses
 from mtlkit.model.encoder import HFEncoder
@@ -24,7 +25,6 @@ from mtlkit.model.param_groups import encoder_param_groups
 from mtlkit.model.pooling import Pooling
 from mtlkit.optim import LinearWarmupDecay, adamw
 from mtlkit.tasks.base import Task
-from mtlkit.transfer.init import initialise_from
 from mtlkit.weighting import EqualWeighting, StepContext, StepObserver, Weighting
 
 SchedulerCallable = Callable[[Optimizer, int], LRScheduler]
@@ -164,7 +164,9 @@ class MultiTaskModule(L.LightningModule):
                 self.metrics[f"{split}_{name}"] = task.build_metrics()
                 self.metrics[f"{split}_{name}_loss"] = MeanMetric()
         if self.init_from is not None and self._initialised_from != self.init_from:
-            initialise_from(self, self.init_from, self.init_heads)
+            labels = {n: t.label_state() for n, t in self.tasks.items()}
+            self.init_report = self.model.load_weights_from(self.init_from, self.init_heads, labels)
+            rank_zero_info(str(self.init_report))
             self._initialised_from = self.init_from
 
     def setup(self, stage: str) -> None:
@@ -182,9 +184,8 @@ class MultiTaskModule(L.LightningModule):
                 f"the tokenizer has {len(tokenizer)} tokens but the encoder's embedding has "
                 f"{self.encoder.vocab_size}: tokenizer and encoder do not match"
             )
-        bind = getattr(datamodule, "bind_model", None)
-        if bind is not None:  # cached features (mtlkit.data.features): freezes the encoder
-            bind(self)
+        if isinstance(datamodule, FeatureDataModule):  # heads learn on its cached features
+            self.model.load_frozen_encoder(datamodule.encoder, datamodule.pooling)
 
     # ------------------------------------------------------------ forward
     def forward(self, sub_batches: dict[str, dict[str, Tensor]]) -> dict[str, TaskOutput]:
@@ -283,9 +284,13 @@ class MultiTaskModule(L.LightningModule):
         return self.trainer.strategy.reduce(tensor, reduce_op="mean")
 
     def _absent_heads_term(self, subs: dict[str, Any]) -> Tensor | float:
-        # A zero that touches the heads of tasks absent from this step, so DDP's gradient
-        # all-reduce sees every parameter on every rank (no find_unused_parameters needed).
+        # A zero that touches the heads (and per-task encoder parts: adapters, prompts) of tasks
+        # absent from this step, so DDP's gradient all-reduce sees every parameter on every rank
+        # (no find_unused_parameters needed).
         absent = [p for n, h in self.heads.items() if n not in subs for p in h.parameters()]
+        if self.encoder.per_task:
+            for name in (n for n in self.heads if n not in subs):
+                absent += self.encoder.task_parameters(name)
         return sum((p.sum() * 0.0 for p in absent), 0.0)
 
     def _finite(self, losses: dict[str, Tensor]) -> bool:

@@ -17,7 +17,8 @@ from mtlkit.errors import ConfigError
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.outputs import OutputDecoder, output_decoder
 from mtlkit.model.pooling import Pooling, pool
-from mtlkit.model.source import ModelSource
+from mtlkit.model.source import ModelSource, load_source
+from mtlkit.model.weights import InitReport, load_weights
 
 if TYPE_CHECKING:
     from mtlkit.tasks.base import Task
@@ -104,6 +105,40 @@ class MultiTaskModel(nn.Module):
             for name, task in tasks.items():
                 model.add_task(name, task.level, _source_head(source, name, task, encoder))
         return model.eval().requires_grad_(False)
+
+    def load_frozen_encoder(self, encoder: nn.Module, pooling: str) -> None:
+        """Feature-based training: the heads learn on ``encoder``'s (cached) outputs, so this
+        model takes its weights and pooling check, and freezes its encoder; the checkpoint is
+        then a working text model. The encoder itself is never run nor trained.
+
+        Raises:
+            ConfigError: A per-task encoder, another pooling or another architecture.
+        """
+        if getattr(self.encoder, "per_task", False):
+            raise ConfigError("feature-based training needs a plain encoder in the model")
+        if self.pooling != pooling:
+            raise ConfigError(
+                f"model.pooling is {self.pooling!r} but the features were pooled with "
+                f"{pooling!r}; set the same pooling in the model and the data module"
+            )
+        try:
+            self.encoder.load_state_dict(encoder.state_dict())
+        except RuntimeError as err:
+            raise ConfigError(
+                "the model's encoder and data.encoder have different architectures; give the "
+                f"model the same encoder as the data module: {str(err).splitlines()[0]}"
+            ) from err
+        self.encoder.requires_grad_(False)
+
+    def load_weights_from(
+        self,
+        path: str,
+        heads: list[str] | dict[str, str] | None = None,
+        label_states: Mapping[str, dict[str, Any]] | None = None,
+    ) -> InitReport:
+        """``init_from``: the encoder (and ``heads``) of a trained model (a ``.ckpt`` or an
+        exported folder) copied into this one; see :func:`mtlkit.model.weights.load_weights`."""
+        return load_weights(self, load_source(path), heads, label_states)
 
     # ------------------------------------------------------------- running
     @property
