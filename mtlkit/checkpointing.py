@@ -44,10 +44,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mtlkit.errors import MtlkitError
+
+#: A file or folder path, as Lightning's checkpoint IO takes it.
+PathLike = str | os.PathLike[str]
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -63,7 +65,7 @@ class CheckpointError(MtlkitError, RuntimeError):
     """A checkpoint cannot be written (non-finite state) or read (missing, damaged)."""
 
 
-def _is_local(path: _PATH) -> bool:
+def _is_local(path: PathLike) -> bool:
     return "://" not in str(path) or str(path).startswith("file://")
 
 
@@ -105,7 +107,7 @@ def _remove_stale_temporaries(folder: str, prefix: str) -> None:
             os.unlink(stale)
 
 
-def damage(path: _PATH) -> str | None:
+def damage(path: PathLike) -> str | None:
     """Why ``path`` is not a complete checkpoint file (``None`` if it is one).
 
     Reads the zip records ``torch.save`` writes and checks their CRCs: a truncated file, random
@@ -131,7 +133,7 @@ def _checkpoints_newest_first(folder: Path) -> Iterator[Path]:
     yield from sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def newest_intact(folder: _PATH, exclude: _PATH | None = None) -> Path | None:
+def newest_intact(folder: PathLike, exclude: PathLike | None = None) -> Path | None:
     """The most recently written intact ``*.ckpt`` in ``folder`` (other than ``exclude``)."""
     folder = Path(str(folder))
     skip = Path(str(exclude)).resolve() if exclude is not None else None
@@ -143,7 +145,7 @@ def newest_intact(folder: _PATH, exclude: _PATH | None = None) -> Path | None:
     return None
 
 
-def damaged_checkpoint_message(path: _PATH, reason: str) -> str:
+def damaged_checkpoint_message(path: PathLike, reason: str) -> str:
     """One message: the damaged file, why, and what to resume from instead."""
     folder = os.path.dirname(str(path)) or "."  # as the user wrote it: paths they can paste
     other = newest_intact(folder, exclude=path)
@@ -187,7 +189,7 @@ def nonfinite_tensors(checkpoint: dict[str, Any]) -> list[str]:
     return [n for n, t in named if not bool(torch.isfinite(t).all())]
 
 
-def atomic_torch_save(obj: Any, path: _PATH) -> None:
+def atomic_torch_save(obj: Any, path: PathLike) -> None:
     """``torch.save`` to ``path`` through a temporary file, ``fsync`` and ``os.replace``.
 
     Either the complete new file or the previous file (if any) is at ``path`` afterwards, whatever
@@ -235,7 +237,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
+        self, checkpoint: dict[str, Any], path: PathLike, storage_options: Any | None = None
     ) -> None:
         bad = nonfinite_tensors(checkpoint)
         if bad:
@@ -250,7 +252,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         atomic_torch_save(checkpoint, path)
 
-    def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def load_checkpoint(self, path: PathLike, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if not _is_local(path):
             return super().load_checkpoint(path, *args, **kwargs)
         local = str(path).removeprefix("file://")
