@@ -24,9 +24,11 @@ MTLKIT = Path(sys.executable).with_name("mtlkit")
 TINY = str(ROOT / "configs/tiny/tiny.yaml")
 DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
 FAST = ["--trainer.max_steps=4", "--trainer.limit_val_batches=2"]
-REGIMES = [
-    str(ROOT / "configs/transfer/regimes" / name)
-    for name in ("gradual_unfreeze.yaml", "l2sp.yaml", "early_stopping.yaml")
+#: Every shipped override that runs on CPUs: the transfer regimes and CPU precision (the GPU
+#: strategies of configs/scale/ are built, not run, in tests/test_scale_configs.py; the weighting
+#: overrides run under DDP in tests/test_ddp.py's worker, built from the same files).
+REGIMES = sorted(str(p) for p in (ROOT / "configs/transfer/regimes").glob("*.yaml")) + [
+    str(ROOT / "configs/scale/bf16_cpu.yaml")
 ]
 
 
@@ -131,7 +133,7 @@ REFUSED = {"gradual_unfreeze": "GradualUnfreeze does not work with several proce
 def test_regime_callbacks_under_ddp(tmp_path, regime):
     """Each transfer regime's callback trains under DDP, or stops at once with its own message
     (never a hang or a crash at the end)."""
-    port = 29603 + REGIMES.index(regime)
+    port = 29610 + REGIMES.index(regime)
     proc = _fit(tmp_path, port, regime)
     out = proc.stdout + proc.stderr
     refused = REFUSED.get(Path(regime).stem)

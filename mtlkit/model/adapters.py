@@ -169,9 +169,6 @@ class LoRAEncoder(AdapterEncoder):
     (``...query.lora_A.<task>.weight``): ``init_from`` and distillation teachers read and write
     the base weights by Hugging Face keys as for a plain :class:`HFEncoder`.
 
-    Under DDP, the adapters of tasks absent from a step get no gradient: use the
-    ``ddp_find_unused_parameters_true`` strategy.
-
     Args:
         name_or_path: See :class:`HFEncoder`.
         r: Rank of the low-rank update.

@@ -124,6 +124,19 @@ class HFEncoder(nn.Module):
         """A penalty added to the training loss (soft sharing); ``None`` for none."""
         return None
 
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """The trainable parameters that belong to ``task`` alone: every entry named ``task`` of
+        a ``ModuleDict`` / ``ParameterDict`` inside the encoder (peft's per-adapter dicts, per-task
+        prompts); none for a plain encoder. The model touches those of tasks absent from a step
+        with a zero, so DDP sees every parameter on every process."""
+        params: dict[int, nn.Parameter] = {}
+        for module in self.modules():
+            if isinstance(module, nn.ModuleDict) and task in module:
+                params.update((id(p), p) for p in module[task].parameters())
+            elif isinstance(module, nn.ParameterDict) and task in module:
+                params[id(module[task])] = module[task]
+        return [p for p in params.values() if p.requires_grad]
+
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
