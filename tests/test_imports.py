@@ -41,7 +41,6 @@ LAYERS: dict[str, int] = {
 PENDING: set[tuple[str, str]] = {
     ("data", "model"),  # data/features.py: the feature cache runs the encoder
     ("model", "weighting"),  # model/module.py: the LightningModule holds the weighting method
-    ("model", "transfer"),  # model/module.py: init_from while constructing the module
 }
 
 
