@@ -49,3 +49,20 @@ def reset_engine(engine: Any) -> None:
     engine._target_edges.reset()
     for computer in engine._gramian_computers.values():
         computer.reset()
+
+
+def fused_or_foreach(tensors: list[Any]) -> tuple[bool, bool]:
+    """torch's own choice of Adam kernel for ``tensors``: ``(fused, foreach)``, with the fused
+    kernel allowed (``torch.optim.optimizer._default_to_fused_or_foreach``; no public call says
+    which devices and dtypes have the fused kernel)."""
+    from torch.optim.optimizer import _default_to_fused_or_foreach
+
+    fused, foreach = _default_to_fused_or_foreach(tensors, differentiable=False, use_fused=True)
+    return bool(fused), bool(foreach)
+
+
+def disable_fused_amp_unscaling(optimizer: Any) -> None:
+    """Makes the GradScaler unscale gradients before a fused optimizer's step, as for any other
+    optimizer: torch's fused kernels set ``_step_supports_amp_scaling`` (which Lightning reads
+    too) to unscale inside the step, after clipping and gradient callbacks have run."""
+    optimizer._step_supports_amp_scaling = False

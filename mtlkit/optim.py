@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
-from torch.optim.optimizer import _default_to_fused_or_foreach
+
+from mtlkit._compat import disable_fused_amp_unscaling, fused_or_foreach
 
 
 def fastest_kernel(params: Iterable[Any]) -> dict[str, bool | None]:
@@ -17,11 +18,11 @@ def fastest_kernel(params: Iterable[Any]) -> dict[str, bool | None]:
     ``fused`` (one kernel per device and dtype for all tensors) where torch has a fused kernel
     for every parameter's device and dtype (CPU, CUDA, MPS, XPU in torch 2.13, floating point
     only), else ``foreach`` where torch has multi-tensor kernels for the device, else torch's
-    default. The one use of a private torch function in mtlkit's optimizer code, so an upgrade
-    that moves it fails ``tests/test_optim_kernel.py`` and nothing else.
+    default. torch's choice comes through :func:`mtlkit._compat.fused_or_foreach` (a private torch
+    function, checked by ``tests/test_compat.py``).
     """
     tensors = [p for item in params for p in _tensors(item)]
-    fused, foreach = _default_to_fused_or_foreach(tensors, differentiable=False, use_fused=True)
+    fused, foreach = fused_or_foreach(tensors)
     return (
         {"fused": True, "foreach": None} if fused else {"fused": None, "foreach": foreach or None}
     )
@@ -81,7 +82,7 @@ class AdamW(torch.optim.AdamW):
         )
         # GradScaler then unscales before the step (see the class docstring); the attribute is
         # the one torch's GradScaler and Lightning's precision plugin read.
-        self._step_supports_amp_scaling = False
+        disable_fused_amp_unscaling(self)
         self.register_load_state_dict_pre_hook(_keep_kernel)
 
 

@@ -87,3 +87,23 @@ def test_lightning_still_reparses_checkpoint_hparams_through_the_hook_mtlkit_ove
     # off); a renamed hook would silently bring the re-parse back.
     assert "self._parse_ckpt_path()" in inspect.getsource(LightningCLI.__init__)
     assert "_parse_ckpt_path" in vars(MtlkitCLI)
+
+
+def test_fused_or_foreach_picks_fused_for_cpu_floats():
+    import torch
+
+    from mtlkit._compat import fused_or_foreach
+
+    assert fused_or_foreach([torch.zeros(3, requires_grad=True)])[0] is True
+    assert fused_or_foreach([torch.zeros(3, dtype=torch.float64)])[0] is True
+
+
+def test_disable_fused_amp_unscaling_sets_the_attribute_torch_and_lightning_read():
+    import torch
+
+    from mtlkit._compat import disable_fused_amp_unscaling
+
+    optimizer = torch.optim.AdamW([torch.zeros(2, requires_grad=True)], fused=True)
+    assert optimizer._step_supports_amp_scaling is True  # torch's fused kernel unscales itself
+    disable_fused_amp_unscaling(optimizer)
+    assert optimizer._step_supports_amp_scaling is False
