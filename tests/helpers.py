@@ -48,3 +48,15 @@ def quiet_trainer(tmp_path, **kw):
     from mtlkit.testing.trainer import quiet_trainer
 
     return quiet_trainer(default_root_dir=tmp_path, **kw)
+
+
+def short_cpu_trainer(tmp_path, max_steps: int, **kw):
+    """A quiet CPU trainer for a few steps without validation (override any argument)."""
+    args = dict(
+        accelerator="cpu",
+        max_steps=max_steps,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+    )
+    return quiet_trainer(str(tmp_path), **{**args, **kw})

@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import tiny_model, toy_datamodule, toy_task, toy_texts
+from helpers import short_cpu_trainer, tiny_model, toy_datamodule, toy_task, toy_texts
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mtlkit.cli import cli_main
@@ -24,7 +24,6 @@ from mtlkit.errors import ConfigError, DataError
 from mtlkit.model import HFEncoder, MultiTaskModule
 from mtlkit.tasks import Regression, SequenceClassification, TokenClassification
 from mtlkit.testing import TINY_ENCODER
-from mtlkit.testing.trainer import quiet_trainer
 from mtlkit.weighting import DynamicWeightAverage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,16 +52,7 @@ def _setup(*tasks, **dm_kwargs):
 
 
 def _trainer(tmp_path, **kw) -> L.Trainer:
-    args = dict(
-        accelerator="cpu",
-        max_steps=2,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        default_root_dir=str(tmp_path),
-    )
-    args.update(kw)
-    return quiet_trainer(**args)
+    return short_cpu_trainer(tmp_path, **{"max_steps": 2, **kw})
 
 
 def _fit(tmp_path, model, dm, **fit_kw):

@@ -19,7 +19,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from helpers import tiny_model, toy_datamodule, toy_texts
+from helpers import short_cpu_trainer, tiny_model, toy_datamodule, toy_texts
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import mtlkit.checkpointing as checkpointing
@@ -30,7 +30,6 @@ from mtlkit.errors import ConfigError, DataError
 from mtlkit.model.module import NonFiniteError
 from mtlkit.run_folder import lock_path
 from mtlkit.tasks import Regression, SequenceClassification
-from mtlkit.testing.trainer import quiet_trainer
 from mtlkit.weighting import StaticWeighting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,16 +78,7 @@ def _all_finite(path: Path) -> bool:
 
 
 def _trainer(tmp_path, **kw) -> L.Trainer:
-    args = dict(
-        accelerator="cpu",
-        max_steps=4,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        default_root_dir=str(tmp_path),
-    )
-    args.update(kw)
-    return quiet_trainer(**args)
+    return short_cpu_trainer(tmp_path, **{"max_steps": 4, **kw})
 
 
 def _reg(n: int = 24) -> Regression:
