@@ -91,7 +91,9 @@ def test_every_user_gives_the_module_outputs(setting, user):
     with torch.no_grad():
         expected = {n: o["logits"] for n, o in module(plain).items()}
         if user == "exported":
-            got = {n: o["logits"] for n, o in ExportedModel.from_folder(folder).model(plain).items()}
+            got = {
+                n: o["logits"] for n, o in ExportedModel.from_folder(folder).model(plain).items()
+            }
         elif user == "features":  # heads over the cached encoder outputs
             got = {n: o["logits"] for n, o in module(cached).items()}
         else:
@@ -119,6 +121,7 @@ def test_exported_predictions_decode_the_module_logits(setting):
             n = int(plain[name]["attention_mask"][0].sum())
             inputs = {"word_ids": [None, *range(n - 2), None], "words": ["w"] * (n - 2)}
         decoded = exported.model.decode(name, row, **inputs)
+        assert module.model.decode(name, row, **inputs) == decoded  # the trained model's own
         if spec["kind"] == "sequence_classification":
             names = module.tasks[name].label_names or range(len(row))
             assert decoded["label"] == str(list(names)[int(row.argmax())])
@@ -130,7 +133,9 @@ def test_exported_predictions_decode_the_module_logits(setting):
         elif spec["kind"] == "multi_label":
             probs = torch.sigmoid(row)
             names = module.tasks[name].label_names
-            assert decoded["labels"] == [x for x, p in zip(names, probs) if p > spec["threshold"]]
+            assert decoded["labels"] == [
+                x for x, p in zip(names, probs, strict=True) if p > spec["threshold"]
+            ]
         else:
             tags = module.tasks[name].label_names
             assert decoded["tags"] == [tags[int(i)] for i in row[1 : n - 1].argmax(-1)]

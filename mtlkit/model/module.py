@@ -21,6 +21,7 @@ from mtlkit.errors import ConfigError, DataError, MtlkitError
 from mtlkit.model.distributed import global_mean_losses
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.multitask import MultiTaskModel, TaskOutput
+from mtlkit.model.outputs import task_decoder
 from mtlkit.model.param_groups import encoder_param_groups
 from mtlkit.model.pooling import Pooling
 from mtlkit.optim import LinearWarmupDecay, adamw
@@ -163,6 +164,11 @@ class MultiTaskModule(L.LightningModule):
             for split in ("val", "test"):
                 self.metrics[f"{split}_{name}"] = task.build_metrics()
                 self.metrics[f"{split}_{name}_loss"] = MeanMetric()
+        for name, task in self.tasks.items():  # label metadata may come from a checkpoint
+            if task.is_ready:
+                self.model.decoders[name] = task_decoder(
+                    task.level, task.output_spec(), task.label_state(), task.num_labels or 1
+                )
         if self.init_from is not None and self._initialised_from != self.init_from:
             labels = {n: t.label_state() for n, t in self.tasks.items()}
             self.init_report = self.model.load_weights_from(self.init_from, self.init_heads, labels)

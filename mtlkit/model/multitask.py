@@ -83,9 +83,9 @@ class MultiTaskModel(nn.Module):
         state = encoder.model.load_state_dict(source.encoder_state, strict=False)
         unexpected = [k for k in state.unexpected_keys if not k.startswith("pooler.")]
         if state.missing_keys or unexpected:
+            what = "teacher " if tasks is not None else ""
             raise ConfigError(
-                f"{'teacher ' if tasks is not None else ''}{source.path}: encoder weights do not "
-                f"match its config (missing "
+                f"{what}{source.path}: encoder weights do not match its config (missing "
                 f"{state.missing_keys[:5]}, unexpected {unexpected[:5]})"
             )
         model = cls(encoder, source.pooling)  # type: ignore[arg-type]

@@ -119,3 +119,12 @@ DECODERS: dict[str, type[OutputDecoder]] = {
 def output_decoder(spec: dict[str, Any], out_features: int) -> OutputDecoder:
     """The decoder of ``spec["kind"]`` (raw logits for a kind this version does not know)."""
     return DECODERS.get(spec.get("kind", "logits"), OutputDecoder)(spec, out_features)
+
+
+def task_decoder(
+    level: str, output_spec: dict[str, Any], label_state: dict[str, Any], out_features: int
+) -> OutputDecoder:
+    """The decoder of a task object's ``output_spec()``, ``label_state()`` and head width (what
+    an export stores per task, read back by :func:`output_decoder`)."""
+    spec = {"level": level, "head_state": label_state, **output_spec}
+    return output_decoder(spec, out_features)
