@@ -125,7 +125,7 @@ def load_encoder(folder: str | Path) -> PreTrainedModel:
     return model.eval()
 
 
-def split_heads(
+def _export_heads(
     flat: dict[str, Tensor], specs: dict[str, dict[str, Any]], where: str
 ) -> dict[str, dict[str, Tensor]]:
     """``heads.safetensors``'s ``<task>.<param>`` tensors, per task (checked against specs).
@@ -151,7 +151,7 @@ def source_from_parts(
         path=path,
         encoder_config=encoder.config.to_dict(),
         encoder_state=dict(encoder.state_dict()),
-        heads=split_heads(flat, meta["tasks"], f"{path}/{HEADS_FILE}"),
+        heads=_export_heads(flat, meta["tasks"], f"{path}/{HEADS_FILE}"),
         tasks={n: dict(s.get("head_state", {})) for n, s in meta["tasks"].items()},
         pooling=meta.get("pooling", "mean"),
         specs={n: dict(s) for n, s in meta["tasks"].items()},
@@ -174,7 +174,7 @@ def read_exported(folder: str | Path) -> ModelSource:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def _split_heads(state: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+def _checkpoint_heads(state: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
     heads: dict[str, dict[str, Tensor]] = {}
     for key, value in state.items():
         if key.startswith(HEADS_PREFIX):
@@ -202,7 +202,7 @@ def read_checkpoint(path: str | Path) -> ModelSource:
         path=str(path),
         encoder_config=dict(meta["config"]),
         encoder_state=encoder,
-        heads=_split_heads(state),
+        heads=_checkpoint_heads(state),
         tasks=dict(ckpt.get("mtlkit_tasks", {})),
         pooling=meta.get("pooling", "mean"),
     )
