@@ -71,17 +71,7 @@ def check_text_column(task: Any, split: str, ds: Dataset, column: str) -> None:
 
 def check_word_lists(task: Any, split: str, ds: Dataset, column: str) -> None:
     """A column of word lists has no missing list and no missing or empty word."""
-    arr = _column(ds, column)
-    rows = set(pc.is_null(arr).to_numpy(zero_copy_only=False).nonzero()[0].tolist())
-    words = pc.list_flatten(arr)
-    if len(words):
-        parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
-        rows.update(parents[blank_rows(words)].tolist())
-    if rows:
-        raise DataError(
-            f"{where(task, split, column)}: missing or empty word in "
-            f"{rows_phrase(np.array(sorted(rows)), task.source.origin(split))}"
-        )
+    _check_list_cells(task, split, ds, column, "missing or empty word")
 
 
 def check_label_cells(task: Any, split: str, ds: Dataset, column: str) -> None:
@@ -121,14 +111,20 @@ def check_label_lists(task: Any, split: str, ds: Dataset, column: str) -> None:
     arr = _column(ds, column)
     if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
         return  # the task's own check names the expected layout
+    _check_list_cells(task, split, ds, column, "missing label")
+
+
+def _check_list_cells(task: Any, split: str, ds: Dataset, column: str, problem: str) -> None:
+    """Rows whose list is missing or holds a missing/blank item: one error naming them."""
+    arr = _column(ds, column)
     rows = set(pc.is_null(arr).to_numpy(zero_copy_only=False).nonzero()[0].tolist())
-    labels = pc.list_flatten(arr)
-    if len(labels):
+    items = pc.list_flatten(arr)
+    if len(items):
         parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
-        rows.update(parents[blank_rows(labels)].tolist())
+        rows.update(parents[blank_rows(items)].tolist())
     if rows:
         raise DataError(
-            f"{where(task, split, column)}: missing label in "
+            f"{where(task, split, column)}: {problem} in "
             f"{rows_phrase(np.array(sorted(rows)), task.source.origin(split))}"
         )
 
