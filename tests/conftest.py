@@ -17,7 +17,6 @@ import pytest  # noqa: E402
 
 from mtlkit.testing import build_tiny_tokenizer, save_tiny_encoder  # noqa: E402
 
-
 CONSTRAINTS = Path(__file__).resolve().parents[1] / "constraints.txt"
 
 
