@@ -10,12 +10,13 @@ import torch
 from helpers import TOKENIZER, quiet_trainer, tiny_model, toy_task
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from mtlkit.data import FeatureDataModule, InMemory
+from mtlkit.data import InMemory
 from mtlkit.errors import ConfigError
 from mtlkit.model import HFEncoder
 from mtlkit.model.pooling import pool
 from mtlkit.tasks import SequenceClassification, TokenClassification
 from mtlkit.testing import TINY_ENCODER
+from mtlkit.transfer import FeatureDataModule
 
 POSITIVE, NEGATIVE = (
     ["good", "great", "love", "happy", "win"],

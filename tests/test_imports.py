@@ -38,9 +38,7 @@ LAYERS: dict[str, int] = {
 
 #: Upward imports still being removed by the restructuring of issue 12 (the plain
 #: ``MultiTaskModel`` under a training-only LightningModule); delete each entry with its import.
-PENDING: set[tuple[str, str]] = {
-    ("data", "model"),  # data/features.py: the feature cache runs the encoder
-}
+PENDING: set[tuple[str, str]] = set()
 
 
 def _modules() -> list[str]:

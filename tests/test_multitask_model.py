@@ -14,13 +14,13 @@ import torch
 from helpers import TOKENIZER, toy_task
 from test_export import four_tasks
 
-from mtlkit.data.features import FeatureDataModule
 from mtlkit.export import export_model
 from mtlkit.inference import ExportedModel
 from mtlkit.model import HFEncoder, MultiTaskModel, MultiTaskModule
 from mtlkit.model.distillation import Teacher
 from mtlkit.model.source import load_source
 from mtlkit.testing import TINY_ENCODER
+from mtlkit.transfer.features import FeatureDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 #: One task of each type: pair classification, regression, multi-label, token classification,

@@ -1,12 +1,10 @@
 """Data: sources, sampling strategies, batching and the multi-task data module."""
 
 from mtlkit.data.datamodule import MultiTaskDataModule
-from mtlkit.data.features import FeatureDataModule
 from mtlkit.sources import DataSource, HubDataset, InMemory, LocalFiles, PythonCallable
 
 __all__ = [
     "DataSource",
-    "FeatureDataModule",
     "HubDataset",
     "InMemory",
     "LocalFiles",

@@ -106,6 +106,12 @@ class MultiTaskDataModule(L.LightningDataModule):
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
+    def frozen_encoder(self) -> tuple[Any, str] | None:
+        """``(encoder, pooling)`` when the batches carry features of a frozen encoder instead of
+        tokens (feature-based transfer, ``mtlkit.transfer.FeatureDataModule``); ``None`` here.
+        The model then loads that encoder, so that export and inference see it."""
+        return None
+
     # -------------------------------------------------------------- set-up
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:

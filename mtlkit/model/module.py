@@ -16,7 +16,6 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
-from mtlkit.data.features import FeatureDataModule
 from mtlkit.errors import ConfigError, DataError, MtlkitError
 from mtlkit.model.distributed import global_mean_losses
 from mtlkit.model.encoder import HFEncoder
@@ -190,8 +189,9 @@ class MultiTaskModule(L.LightningModule):
                 f"the tokenizer has {len(tokenizer)} tokens but the encoder's embedding has "
                 f"{self.encoder.vocab_size}: tokenizer and encoder do not match"
             )
-        if isinstance(datamodule, FeatureDataModule):  # heads learn on its cached features
-            self.model.load_frozen_encoder(datamodule.encoder, datamodule.pooling)
+        frozen = datamodule.frozen_encoder() if hasattr(datamodule, "frozen_encoder") else None
+        if frozen is not None:  # heads learn on the data module's cached features
+            self.model.load_frozen_encoder(*frozen)
 
     # ------------------------------------------------------------ forward
     def forward(self, sub_batches: dict[str, dict[str, Tensor]]) -> dict[str, TaskOutput]:

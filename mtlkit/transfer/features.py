@@ -18,6 +18,7 @@ from datasets.fingerprint import Hasher
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mtlkit._compat import dataset_fingerprint
 from mtlkit.data.batching import MultiTaskCollator, Plan
 from mtlkit.data.datamodule import MultiTaskDataModule
 from mtlkit.errors import ConfigError
@@ -77,11 +78,15 @@ class FeatureDataModule(MultiTaskDataModule):
         self._data_keys: dict[tuple[str, str], str] = {}
         self._encoder_key: str | None = None
 
+    def frozen_encoder(self) -> tuple[HFEncoder, Pooling]:
+        """The encoder and pooling whose outputs the heads learn on (the model loads them)."""
+        return self.encoder, self.pooling
+
     # -------------------------------------------------------------- set-up
     def _tokenize(self, task: Task, split: str, ds: Dataset) -> Dataset:
         # The tokenization cache key, also the data part of the feature cache key.
         self._data_keys[(task.name, split)] = Hasher.hash(
-            [ds._fingerprint, task.fingerprint(), self._tokenizer_key]
+            [dataset_fingerprint(ds), task.fingerprint(), self._tokenizer_key]
         )
         return super()._tokenize(task, split, ds)
 
