@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from mtlkit.data.sampling import SamplingStrategy
 from mtlkit.errors import ConfigError, DataWarning
 from mtlkit.tasks.base import Task
-
-# Position ids of these models start after the padding index (fairseq's convention), so
-# ``max_position_embeddings`` counts ``pad_token_id + 1`` positions no input can use.
-_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
 
 def check_counts(**values: tuple[int | None, int]) -> None:
@@ -32,19 +27,9 @@ def check_counts(**values: tuple[int | None, int]) -> None:
             raise ConfigError(f"{name} must be an integer >= {least}{unset}, got {value!r}")
 
 
-def position_limit(encoder: Any) -> int | None:
-    """The longest input an encoder's position embeddings take (``None`` when unknown)."""
-    config = getattr(getattr(encoder, "model", None), "config", None)
-    limit = getattr(config, "max_position_embeddings", None)
-    if not isinstance(limit, int) or limit <= 0:
-        return None
-    if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
-        limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1
-    return limit
-
-
-def check_max_length(task: Task, tokenizer: PreTrainedTokenizerBase, limit: int | None) -> None:
-    """``max_length`` leaves room for text after the special tokens and fits ``limit``."""
+def check_max_length(task: Task, tokenizer: PreTrainedTokenizerBase) -> None:
+    """``max_length`` leaves room for text after the special tokens (the encoder's own limit is
+    checked by the model: :meth:`mtlkit.model.HFEncoder.check_max_length`)."""
     pair = task.text_pair_column is not None
     special = tokenizer.num_special_tokens_to_add(pair=pair)
     if task.max_length <= special:
@@ -52,11 +37,6 @@ def check_max_length(task: Task, tokenizer: PreTrainedTokenizerBase, limit: int 
             f"task {task.name!r}: max_length {task.max_length} leaves no room for text: "
             f"the tokenizer adds {special} special tokens to each "
             f"{'pair' if pair else 'text'}; use at least {special + 1}"
-        )
-    if limit is not None and task.max_length > limit:
-        raise ConfigError(
-            f"task {task.name!r}: max_length {task.max_length} is more than the "
-            f"encoder's {limit} positions; set max_length <= {limit}"
         )
 
 

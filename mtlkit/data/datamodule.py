@@ -21,7 +21,7 @@ from mtlkit.data.batching import (
     MultiTaskCollator,
     MultiTaskDataset,
 )
-from mtlkit.data.checks import check_counts, check_max_length, position_limit, warn_repeated_rows
+from mtlkit.data.checks import check_counts, check_max_length, warn_repeated_rows
 from mtlkit.data.sampling import Proportional, SamplingStrategy
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.paths import resolve_path
@@ -127,12 +127,10 @@ class MultiTaskDataModule(L.LightningDataModule):
                 self.train_sampler.load_state_dict(self._pending_state)
 
     def _check_max_lengths(self) -> None:
-        """Every task's ``max_length`` leaves room for text and fits the encoder's positions."""
+        """Every task's ``max_length`` leaves room for text."""
         assert self.tokenizer is not None
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        limit = position_limit(getattr(module, "encoder", None))
         for task in self.tasks:
-            check_max_length(task, self.tokenizer, limit)
+            check_max_length(task, self.tokenizer)
 
     def _prepare_task(self, task: Task) -> dict[str, Dataset]:
         raw = task.load()

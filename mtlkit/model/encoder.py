@@ -10,6 +10,9 @@ from transformers import AutoConfig, AutoModel
 from mtlkit.errors import ConfigError
 from mtlkit.paths import resolve_path
 
+# Position ids of these models start after the padding index (fairseq's convention).
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
+
 
 class HFEncoder(nn.Module):
     """Wraps a Hugging Face encoder and returns its last hidden states.
@@ -123,6 +126,29 @@ class HFEncoder(nn.Module):
     def regularization(self) -> Tensor | None:
         """A penalty added to the training loss (soft sharing); ``None`` for none."""
         return None
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest input the position embeddings take (``None`` when the config says
+        nothing). Position ids of fairseq-style models (RoBERTa family) start after the padding
+        index, so ``max_position_embeddings`` counts ``pad_token_id + 1`` unusable positions."""
+        config = self.model.config
+        limit = getattr(config, "max_position_embeddings", None)
+        if not isinstance(limit, int) or limit <= 0:
+            return None
+        if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
+            limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+        return limit
+
+    def check_max_length(self, task: str, max_length: int) -> None:
+        """A task's ``max_length`` fits the position embeddings (else it fails inside the model
+        at step 0)."""
+        limit = self.max_positions
+        if limit is not None and max_length > limit:
+            raise ConfigError(
+                f"task {task!r}: max_length {max_length} is more than the "
+                f"encoder's {limit} positions; set max_length <= {limit}"
+            )
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """The trainable parameters that belong to ``task`` alone: every entry named ``task`` of

@@ -183,6 +183,8 @@ class MultiTaskModule(L.LightningModule):
                 f"{type(self.weighting).__name__} needs every task's loss in every step; "
                 "set data.batch_mode: mixed"
             )
+        for task in self.tasks.values():
+            self.encoder.check_max_length(task.name, task.max_length)
         tokenizer = getattr(datamodule, "tokenizer", None)
         if tokenizer is not None and len(tokenizer) > self.encoder.vocab_size:
             raise ConfigError(
