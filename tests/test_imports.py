@@ -36,10 +36,6 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["cli", "export", "registry", "testing"], 4),
 }
 
-#: Upward imports still being removed by the restructuring of issue 12 (the plain
-#: ``MultiTaskModel`` under a training-only LightningModule); delete each entry with its import.
-PENDING: set[tuple[str, str]] = set()
-
 
 def _modules() -> list[str]:
     names = []
@@ -140,13 +136,13 @@ def test_no_unit_imports_a_higher_layer():
     upward = [
         f"{a} (layer {LAYERS[a]}) imports {b} (layer {LAYERS[b]}) at {', '.join(where)}"
         for (a, b), where in sorted(_edges().items())
-        if a in LAYERS and b in LAYERS and LAYERS[b] > LAYERS[a] and (a, b) not in PENDING
+        if a in LAYERS and b in LAYERS and LAYERS[b] > LAYERS[a]
     ]
     assert not upward, "\n".join(upward)
 
 
 def test_no_import_cycle_between_units():
-    edges = set(_edges()) - PENDING
+    edges = set(_edges())
     assert not _cycles(edges), _cycles(edges)
 
 
