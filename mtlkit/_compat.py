@@ -66,3 +66,11 @@ def disable_fused_amp_unscaling(optimizer: Any) -> None:
     optimizer: torch's fused kernels set ``_step_supports_amp_scaling`` (which Lightning reads
     too) to unscale inside the step, after clipping and gradient callbacks have run."""
     optimizer._step_supports_amp_scaling = False
+
+
+def has_causal_attention(model: Any) -> bool:
+    """Whether a Hugging Face model's self-attention is causal (decoder-only: GPT-2, Llama,
+    Qwen, ...): transformers' attention modules carry an ``is_causal`` flag (``True`` in
+    decoder-only models, ``False`` or absent in encoders such as BERT), with no public config
+    field that says "decoder-only"."""
+    return any(getattr(m, "is_causal", None) is True for m in model.modules())

@@ -107,3 +107,11 @@ def test_disable_fused_amp_unscaling_sets_the_attribute_torch_and_lightning_read
     assert optimizer._step_supports_amp_scaling is True  # torch's fused kernel unscales itself
     disable_fused_amp_unscaling(optimizer)
     assert optimizer._step_supports_amp_scaling is False
+
+
+def test_has_causal_attention_reads_the_attention_modules_flag():
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+
+    small = dict(vocab_size=99, num_hidden_layers=1, num_attention_heads=2, hidden_size=8)
+    assert _compat.has_causal_attention(GPT2Model(GPT2Config(**small)))
+    assert not _compat.has_causal_attention(BertModel(BertConfig(**small, intermediate_size=8)))

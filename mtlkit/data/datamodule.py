@@ -115,7 +115,8 @@ class MultiTaskDataModule(L.LightningDataModule):
     # -------------------------------------------------------------- set-up
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
-            self.tokenizer = AutoTokenizer.from_pretrained(resolve_path(self.tokenizer_path))
+            tokenizer = AutoTokenizer.from_pretrained(resolve_path(self.tokenizer_path))
+            self.tokenizer = with_pad_token(tokenizer, self.tokenizer_path)
             # Keyed before any call: calling a fast tokenizer changes its truncation state.
             self._tokenizer_key = _tokenizer_key(self.tokenizer)
         self._check_max_lengths()
@@ -263,6 +264,25 @@ class MultiTaskDataModule(L.LightningDataModule):
             self._pending_state = state_dict["sampler"]
         else:
             self.train_sampler.load_state_dict(state_dict["sampler"])
+
+
+def with_pad_token(tokenizer: PreTrainedTokenizerBase, name: str) -> PreTrainedTokenizerBase:
+    """``tokenizer``, padding with its end-of-sequence token when it has no pad token (GPT-2,
+    Llama: decoder-only models are trained without padding). The attention mask hides the
+    padding, and pooling ``last`` reads the last real token, so the choice of id is free.
+
+    Raises:
+        ConfigError: The tokenizer has neither a pad nor an eos token.
+    """
+    if tokenizer.pad_token is not None:
+        return tokenizer
+    if tokenizer.eos_token is None:
+        raise ConfigError(
+            f"tokenizer {name!r} has no pad token and no eos token to pad with; "
+            "add a pad token to the tokenizer"
+        )
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _tokenizer_key(tokenizer: PreTrainedTokenizerBase) -> str:

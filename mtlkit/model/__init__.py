@@ -7,10 +7,11 @@ imported when it is asked for (``mtlkit.model.MultiTaskModule``, as configs name
 
 from typing import Any
 
+from mtlkit.model.causal_encoder import CausalLMEncoder
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.multitask import MultiTaskModel
 
-__all__ = ["HFEncoder", "MultiTaskModel", "MultiTaskModule"]
+__all__ = ["CausalLMEncoder", "HFEncoder", "MultiTaskModel", "MultiTaskModule"]
 
 
 def __getattr__(name: str) -> Any:

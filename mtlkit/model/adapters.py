@@ -16,6 +16,7 @@ from typing import Any
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
 
 from mtlkit.errors import ConfigError
 from mtlkit.model.encoder import HFEncoder
@@ -204,6 +205,9 @@ class LoRAEncoder(AdapterEncoder):
             target_modules=list(target_modules) if target_modules else None,
         )
         super().__init__(make_config, adapters_from, name_or_path=name_or_path, **kwargs)
+        if any(isinstance(m, Conv1D) for m in self.model.modules()):
+            # GPT-2's projections are Conv1D (weights stored transposed): peft needs to know.
+            self.adapters.make_config = partial(make_config, fan_in_fan_out=True)
         if self.model.is_gradient_checkpointing:
             # Frozen embeddings: checkpointed blocks need inputs that require grad.
             self.model.enable_input_require_grads()

@@ -1,12 +1,19 @@
-"""The shared encoder: any ``AutoModel``, loaded from a folder or built from a config."""
+"""The shared encoder: any ``AutoModel``, loaded from a folder or built from a config.
+
+Encoders (BERT-like) and decoder-only models (GPT-2, Llama, Qwen, ...) alike: a decoder-only
+model's token states are read under its causal mask (each token sees the tokens before it), so
+its sentence vector is the last real token's state (pooling ``last``).
+"""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 
+from mtlkit._compat import has_causal_attention
 from mtlkit.errors import ConfigError
 from mtlkit.paths import resolve_path
 
@@ -15,7 +22,12 @@ _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
 
 class HFEncoder(nn.Module):
-    """Wraps a Hugging Face encoder and returns its last hidden states.
+    """Wraps a Hugging Face encoder (or decoder-only model) and returns its last hidden states.
+
+    A decoder-only model (causal self-attention, :attr:`is_causal`) runs without a key/value
+    cache, without ``token_type_ids``, and with position ids counted over the real tokens
+    (``attention_mask.cumsum - 1``): a left-padded input gets the positions it has unpadded.
+    :class:`~mtlkit.model.causal_encoder.CausalLMEncoder` keeps its language-model head too.
 
     Args:
         name_or_path: Local folder, ``pkg:<package>/<folder>`` or hub name of pretrained weights.
@@ -45,15 +57,19 @@ class HFEncoder(nn.Module):
         if (name_or_path is None) == (config is None):
             raise ConfigError("HFEncoder needs exactly one of name_or_path or config")
         if name_or_path is not None:
-            self.model = AutoModel.from_pretrained(
-                resolve_path(name_or_path), trust_remote_code=trust_remote_code
-            )
+            self.model = self.load_model(resolve_path(name_or_path), None, trust_remote_code)
         else:
             cfg = dict(config or {})
             model_type = cfg.pop("model_type", None)
             if model_type is None:
                 raise ConfigError("HFEncoder config needs a 'model_type' key (e.g. 'bert')")
-            self.model = AutoModel.from_config(AutoConfig.for_model(model_type, **cfg))
+            built = AutoConfig.for_model(model_type, **cfg)
+            self.model = self.load_model(None, built, trust_remote_code)
+        #: Decoder-only (causal self-attention): read at the last token, positions by the mask.
+        self.is_causal = has_causal_attention(self.model)
+        self._takes_token_types = (
+            "token_type_ids" in inspect.signature(self.model.forward).parameters
+        )
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off
         if getattr(self.model, "pooler", None) is not None:
             # Heads pool the token states themselves; an unused pooler would only cost memory
@@ -66,6 +82,13 @@ class HFEncoder(nn.Module):
         self.name_or_path = name_or_path
         # Which layers of the loaded model were kept: init_from maps a source's layers by it.
         self.kept_layers = list(keep_layers) if keep_layers is not None else None
+
+    def load_model(self, path: str | None, config: Any, trust_remote_code: bool) -> PreTrainedModel:
+        """The Hugging Face model: pretrained from ``path``, or random from ``config``.
+        Subclasses load another head class (the causal LM) and return its base model."""
+        if path is not None:
+            return AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return AutoModel.from_config(config)
 
     def layer_list_parent(self) -> tuple[nn.Module, str]:
         """Where the ``nn.ModuleList`` of transformer blocks sits: its parent module and the
@@ -108,9 +131,23 @@ class HFEncoder(nn.Module):
 
     @property
     def embeddings(self) -> nn.Module:
-        """The input embedding block (token, position and type embeddings and their norm)."""
+        """The input embedding block (token, position and type embeddings and their norm).
+
+        Models without an ``embeddings`` block (GPT-2's ``wte`` and ``wpe``, Llama's
+        ``embed_tokens``): the modules with weights that the layer list's parent registers
+        before the layers, in one ``ModuleList`` (not registered here: a view, not a copy).
+        """
         emb = getattr(self.model, "embeddings", None)
-        return emb if isinstance(emb, nn.Module) else self.model.get_input_embeddings()
+        if isinstance(emb, nn.Module):
+            return emb
+        parent, attr = self.layer_list_parent()
+        before = []
+        for name, child in parent.named_children():
+            if name == attr:
+                break
+            if any(True for _ in child.parameters()):
+                before.append(child)
+        return nn.ModuleList(before) if before else self.model.get_input_embeddings()
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Parameters by depth, bottom first: embeddings, layer 0, ..., layer N-1, and last
@@ -178,6 +215,23 @@ class HFEncoder(nn.Module):
         token_type_ids: Tensor | None = None,
         task: str | None = None,
     ) -> Tensor:
-        kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        out = self.model(**self.model_inputs(input_ids, attention_mask, token_type_ids))
         return out.last_hidden_state
+
+    def model_inputs(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> dict[str, Any]:
+        """The Hugging Face model's keyword arguments for a batch.
+
+        ``token_type_ids`` only when the model takes them (decoder-only models have no
+        segments); for a decoder-only model no cache, and position ids that count real tokens
+        only, so padding on either side leaves every real token's state as without padding.
+        """
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.is_causal:
+            positions = attention_mask.long().cumsum(-1) - 1
+            inputs["position_ids"] = positions.clamp_min(0)
+            inputs["use_cache"] = False
+        elif token_type_ids is not None and self._takes_token_types:
+            inputs["token_type_ids"] = token_type_ids
+        return inputs

@@ -22,7 +22,7 @@ from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.multitask import MultiTaskModel, TaskOutput
 from mtlkit.model.outputs import task_decoder
 from mtlkit.model.param_groups import encoder_param_groups
-from mtlkit.model.pooling import Pooling
+from mtlkit.model.pooling import Pooling, check_pooling
 from mtlkit.optim import LinearWarmupDecay, adamw
 from mtlkit.tasks.base import Task
 from mtlkit.weighting import EqualWeighting, StepContext, StepObserver, Weighting
@@ -48,7 +48,8 @@ class MultiTaskModule(L.LightningModule):
         tasks: The tasks (linked from the data module by the CLI; the same objects).
         weighting: Combines per-task losses into the training objective (default: a new
             ``EqualWeighting``).
-        pooling: Sentence representation for sequence-level heads: ``cls`` or ``mean``.
+        pooling: Sentence representation for sequence-level heads: ``cls``, ``mean`` or
+            ``last`` (the last real token: decoder-only encoders).
         dropout: Dropout before each head.
         optimizer: Builds the optimizer from parameter groups (default AdamW, lr 5e-5).
         lr_scheduler: Builds a per-step scheduler from ``(optimizer, total_steps)``.
@@ -96,8 +97,7 @@ class MultiTaskModule(L.LightningModule):
             raise ConfigError(
                 f"on_nonfinite_loss must be 'raise' or 'skip', got {on_nonfinite_loss!r}"
             )
-        if pooling not in ("cls", "mean"):
-            raise ConfigError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        check_pooling(pooling)
         # Components stay out of the hyperparameters so checkpoints load with weights_only=True.
         self.save_hyperparameters(
             ignore=["encoder", "tasks", "weighting", "optimizer", "lr_scheduler"]

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from mtlkit.errors import ConfigError
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.outputs import OutputDecoder, output_decoder
-from mtlkit.model.pooling import Pooling, pool
+from mtlkit.model.pooling import Pooling, check_pooling, pool
 from mtlkit.model.source import ModelSource, load_source
 from mtlkit.model.weights import InitReport, load_weights
 
@@ -35,7 +35,9 @@ class MultiTaskModel(nn.Module):
         encoder: The shared encoder (an :class:`HFEncoder`, or any module called as
             ``encoder(input_ids, attention_mask, token_type_ids[, task=])`` that returns token
             states; ``per_task`` encoders run once per task).
-        pooling: Sentence vector of sequence-level heads: ``cls`` or ``mean``.
+        pooling: Sentence vector of sequence-level heads: ``cls``, ``mean`` or ``last`` (the
+            last real token, for decoder-only encoders; ``cls`` is refused for them: their
+            first token sees only itself).
         heads: Each task's head (input: the pooled vector, or every token state).
         levels: Each task's level, ``sequence`` or ``token`` (default ``sequence``).
         decoders: Each task's output decoding (default: raw logits).
@@ -50,8 +52,12 @@ class MultiTaskModel(nn.Module):
         decoders: Mapping[str, OutputDecoder] | None = None,
     ) -> None:
         super().__init__()
-        if pooling not in ("cls", "mean"):
-            raise ConfigError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        check_pooling(pooling)
+        if pooling == "cls" and getattr(encoder, "is_causal", False):
+            raise ConfigError(
+                "pooling 'cls' reads the first token, which in a decoder-only (causal) encoder "
+                "sees only itself; use pooling 'last' (or 'mean')"
+            )
         self.encoder, self.pooling = encoder, pooling
         self.heads = nn.ModuleDict(dict(heads or {}))
         self.levels: dict[str, Level] = dict(levels or {})

@@ -7,11 +7,19 @@ from mtlkit.testing.tiny import (
     save_tiny_encoder,
     tiny_bert_config,
 )
+from mtlkit.testing.tiny_decoder import (
+    build_tiny_bpe_tokenizer,
+    save_tiny_bpe_tokenizer,
+    tiny_decoder_configs,
+)
 
 __all__ = [
     "TINY_ENCODER",
     "TINY_WORDS",
+    "build_tiny_bpe_tokenizer",
     "build_tiny_tokenizer",
+    "save_tiny_bpe_tokenizer",
     "save_tiny_encoder",
     "tiny_bert_config",
+    "tiny_decoder_configs",
 ]

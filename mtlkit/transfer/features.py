@@ -24,7 +24,7 @@ from mtlkit.data.datamodule import MultiTaskDataModule
 from mtlkit.errors import ConfigError
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.multitask import MultiTaskModel
-from mtlkit.model.pooling import Pooling
+from mtlkit.model.pooling import Pooling, check_pooling
 from mtlkit.tasks.base import Task
 
 if TYPE_CHECKING:
@@ -51,7 +51,8 @@ class FeatureDataModule(MultiTaskDataModule):
 
     Args:
         encoder: The frozen feature extractor.
-        pooling: Sentence vector of sequence-level tasks, as in the model: ``mean`` or ``cls``.
+        pooling: Sentence vector of sequence-level tasks, as in the model: ``mean``, ``cls``
+            or ``last``.
         feature_batch_size: Examples per encoder pass while computing the features.
         feature_device: Device of that pass; default: the trainer's device (CPU without one).
         **kwargs: The arguments of :class:`MultiTaskDataModule` (tasks, tokenizer, ...).
@@ -66,8 +67,7 @@ class FeatureDataModule(MultiTaskDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if pooling not in ("cls", "mean"):
-            raise ConfigError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        check_pooling(pooling)
         if encoder.per_task:
             raise ConfigError("feature extraction needs one encoder for all tasks (per_task off)")
         if feature_batch_size < 1:

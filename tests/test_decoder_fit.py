@@ -1,0 +1,105 @@
+"""A short multi-task fit on each tiny decoder-only backbone (classification, regression and
+token classification, both batch modes), and its export: ``ExportedModel`` predicts what the
+trained module does, with the tokenizer padding on the right or on the left."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from decoder_helpers import BPE_TOKENIZER, FAMILIES, decoder
+from helpers import quiet_trainer, toy_texts
+
+from mtlkit.data import InMemory, MultiTaskDataModule
+from mtlkit.export import export_model
+from mtlkit.inference import ExportedModel
+from mtlkit.model import MultiTaskModule
+from mtlkit.tasks import Regression, SequenceClassification, TokenClassification
+
+TAGS = ["O", "B-X", "I-X"]
+INPUTS = ["good movie now", "bad", "what is the city of paris 42", "xyzzy love game win night"]
+
+
+def _tasks(n: int = 24) -> list:
+    texts, labels = toy_texts(n)
+    labels = [["bad", "good"][y] for y in labels]
+    words = [t.split() for t in texts]
+    return [
+        SequenceClassification("topic", InMemory({"train": {"text": texts, "label": labels}})),
+        Regression(
+            "score",
+            InMemory({"train": {"text": texts, "label": [float(len(w)) for w in words]}}),
+        ),
+        TokenClassification(
+            "tags",
+            InMemory(
+                {"train": {"tokens": words, "tags": [[TAGS[len(x) % 3] for x in w] for w in words]}}
+            ),
+            label_names=TAGS,
+        ),
+    ]
+
+
+def _fit(family: str, batch_mode: str, tmp_path) -> tuple[MultiTaskModule, MultiTaskDataModule]:
+    L.seed_everything(0)
+    args = dict(tokenizer=BPE_TOKENIZER, batch_size=6, cache_dir=None, steps_per_epoch=3)
+    dm = MultiTaskDataModule(_tasks(), batch_mode=batch_mode, **args)
+    model = MultiTaskModule(decoder(family), dm.tasks, pooling="last", lr_scheduler=None)
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(model, dm)
+    assert trainer.global_step == 3
+    metrics = trainer.callback_metrics
+    for name in ("topic", "score", "tags"):
+        assert math.isfinite(float(metrics[f"val/{name}/loss"])), name
+    return model.eval(), dm
+
+
+@pytest.mark.parametrize("batch_mode", ["homogeneous", "mixed"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fit_moves_the_backbone_and_every_head(family, batch_mode, tmp_path):
+    L.seed_everything(0)
+    before = {n: p.clone() for n, p in decoder(family).named_parameters()}
+    model, _ = _fit(family, batch_mode, tmp_path)
+    moved = [n for n, p in model.encoder.named_parameters() if not torch.equal(p, before[n])]
+    assert any(".0." in n for n in moved) and any(".1." in n for n in moved)  # both layers
+
+
+def _module_logits(model: MultiTaskModule, tokenizer, name: str) -> tuple[dict, torch.Tensor]:
+    """The module's logits for INPUTS, tokenized and padded by the task itself (right)."""
+    words = [t.split() for t in INPUTS]
+    raw = {
+        "topic": {"text": INPUTS, "label": [0] * len(INPUTS)},
+        "score": {"text": INPUTS, "label": [0.0] * len(INPUTS)},
+        "tags": {"tokens": words, "tags": [[0] * len(w) for w in words]},
+    }[name]
+    task = model.tasks[name]
+    sub = task.collate(task.tokenize(raw, tokenizer), tokenizer.pad_token_id)
+    with torch.no_grad():
+        return sub, model({name: sub})[name]["logits"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_round_trip_on_either_padding_side(family, tmp_path):
+    model, dm = _fit(family, "homogeneous", tmp_path)
+    tokenizer = dm.tokenizer
+    exported = ExportedModel.from_folder(export_model(model, tokenizer, tmp_path / "exported"))
+    assert exported.tokenizer.pad_token == tokenizer.eos_token  # set by the data module
+    assert exported.pooling == "last" and exported.encoder.is_causal
+    for side in ("right", "left"):  # Llama and Qwen tokenizers often pad on the left
+        exported.tokenizer.padding_side = side
+        padded = exported.tokenizer(INPUTS, padding=True)["attention_mask"]
+        assert [row[0 if side == "left" else -1] for row in padded].count(0) == 3
+        logits = exported.logits(INPUTS, batch_size=3)  # chunks of unequal lengths
+        for name in ("topic", "score"):
+            _, expected = _module_logits(model, tokenizer, name)
+            got = torch.stack(logits[name]).reshape(expected.shape)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+        sub, expected = _module_logits(model, tokenizer, "tags")
+        for i, row in enumerate(logits["tags"]):
+            real = sub["attention_mask"][i].bool()
+            torch.testing.assert_close(row, expected[i][real], atol=1e-5, rtol=1e-4)
+        out = exported.predict(INPUTS, batch_size=3)
+        names = model.tasks["topic"].label_names
+        _, topic = _module_logits(model, tokenizer, "topic")
+        assert [p["label"] for p in out["topic"]] == [names[i] for i in topic.argmax(-1).tolist()]
+        assert [p["words"] for p in out["tags"]] == [t.split() for t in INPUTS]
