@@ -3,19 +3,22 @@ token classification, both batch modes), and its export: ``ExportedModel`` predi
 trained module does, with the tokenizer padding on the right or on the left."""
 
 import math
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from decoder_helpers import BPE_TOKENIZER, FAMILIES, decoder
+from decoder_helpers import BPE_TOKENIZER, CONFIGS, FAMILIES, decoder
 from helpers import quiet_trainer, toy_texts
 
+from mtlkit.cli import cli_main
 from mtlkit.data import InMemory, MultiTaskDataModule
 from mtlkit.export import export_model
 from mtlkit.inference import ExportedModel
 from mtlkit.model import MultiTaskModule
 from mtlkit.tasks import Regression, SequenceClassification, TokenClassification
 
+ROOT = Path(__file__).resolve().parents[1]
 TAGS = ["O", "B-X", "I-X"]
 INPUTS = ["good movie now", "bad", "what is the city of paris 42", "xyzzy love game win night"]
 
@@ -103,3 +106,18 @@ def test_export_round_trip_on_either_padding_side(family, tmp_path):
         _, topic = _module_logits(model, tokenizer, "topic")
         assert [p["label"] for p in out["topic"]] == [names[i] for i in topic.argmax(-1).tolist()]
         assert [p["words"] for p in out["tags"]] == [t.split() for t in INPUTS]
+
+
+def test_shipped_decoder_config_matches_the_tiny_builders(tmp_path, monkeypatch):
+    """configs/tiny/decoder_only.yaml (fitted by tests/test_configs.py) builds the tiny Qwen2
+    of :func:`tiny_decoder_configs` on the shipped BPE tokenizer, read at the last token."""
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["--config", str(ROOT / "configs/tiny/decoder_only.yaml")], run=False)
+    encoder = cli.model.encoder
+    assert encoder.is_causal and cli.model.pooling == "last"
+    expected = dict(CONFIGS["qwen2"])
+    model_type = expected.pop("model_type")
+    config = encoder.model.config
+    assert config.model_type == model_type
+    assert {k: getattr(config, k) for k in expected} == expected
+    assert cli.datamodule.tokenizer_path == BPE_TOKENIZER
