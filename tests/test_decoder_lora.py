@@ -2,6 +2,8 @@
 adapted, each task's loss reaches only its own adapter, the pretrained weights stay
 bit-identical through training, and adapters survive a save/load round trip."""
 
+import warnings
+
 import lightning as L
 import pytest
 import torch
@@ -60,7 +62,12 @@ def _mixed_batch(dm):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_targets_the_familys_attention_projections(family):
     enc = _lora(family)
-    enc.prepare_tasks(list(TASKS))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        enc.prepare_tasks(list(TASKS))
+    # GPT-2's Conv1D stores its weight transposed: the adapter must know it (and peft not warn).
+    assert enc.adapters.peft_model.peft_config["topic"].fan_in_fan_out == (family == "gpt2")
+    assert not [w for w in caught if "fan_in_fan_out" in str(w.message)]
     adapted = {
         n.rsplit(".", 1)[-1] for n, m in enc.model.named_modules() if isinstance(m, LoraLayer)
     }
