@@ -15,7 +15,7 @@ from mtlkit.cli import cli_main
 from mtlkit.data import InMemory, MultiTaskDataModule
 from mtlkit.export import export_model
 from mtlkit.inference import ExportedModel
-from mtlkit.model import MultiTaskModule
+from mtlkit.model import CausalLMEncoder, MultiTaskModule
 from mtlkit.tasks import Regression, SequenceClassification, TokenClassification
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,3 +121,39 @@ def test_shipped_decoder_config_matches_the_tiny_builders(tmp_path, monkeypatch)
     assert config.model_type == model_type
     assert {k: getattr(config, k) for k in expected} == expected
     assert cli.datamodule.tokenizer_path == BPE_TOKENIZER
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])  # tied and untied LM head
+def test_causal_lm_encoder_fits_resumes_initialises_and_exports(family, tmp_path):
+    L.seed_everything(0)
+    args = dict(tokenizer=BPE_TOKENIZER, batch_size=6, cache_dir=None, steps_per_epoch=2)
+    dm = MultiTaskDataModule(_tasks()[:2], batch_mode="mixed", **args)
+
+    def module(**kw):
+        enc = decoder(family, cls=CausalLMEncoder)
+        return MultiTaskModule(enc, dm.tasks, pooling="last", lr_scheduler=None, **kw)
+
+    model = module()
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert "encoder.lm_head.weight" in ckpt["state_dict"]
+    fresh = module()
+    fresh.on_load_checkpoint(ckpt)
+    fresh.load_state_dict(ckpt["state_dict"])  # strict: base model, LM head and heads
+    assert fresh.encoder.causal_lm.get_output_embeddings() is fresh.encoder.lm_head
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    # init_from reads the base model (encoder.model.*) into any encoder of the family.
+    plain = MultiTaskModule(
+        decoder(family, seed=5), dm.tasks, pooling="last", init_from=str(tmp_path / "last.ckpt")
+    )
+    for key, value in model.encoder.model.state_dict().items():
+        assert torch.equal(plain.encoder.model.state_dict()[key], value), key
+    # The export holds the base model: ExportedModel reproduces the trained module.
+    model.eval()
+    exported = ExportedModel.from_folder(export_model(model, dm.tokenizer, tmp_path / "x"))
+    _, expected = _module_logits(model, dm.tokenizer, "topic")
+    got = torch.stack(exported.logits(INPUTS, tasks=["topic"], batch_size=3)["topic"])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
