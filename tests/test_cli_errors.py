@@ -48,8 +48,13 @@ def _mtlkit(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
 
 def _files(tmp_path: Path) -> dict[str, str]:
     typo = Path(TINY).read_text().replace("mtlkit.tasks.Regression", "mtlkit.tasks.Regresion")
+    # The LightningModule's path before it moved out of mtlkit.model (which imports no Lightning).
+    moved = Path(TINY).read_text().replace(
+        "mtlkit.training.MultiTaskModule", "mtlkit.model.MultiTaskModule"
+    )
     files = {
         "typo.yaml": typo,
+        "moved.yaml": moved,
         "broken.yaml": "trainer:\n  max_steps: [1\nmodel: {\n",
         "column.yaml": MISNAMED_COLUMN,
     }
@@ -75,6 +80,13 @@ CONSOLE_CASES = [
         2,
         "error: data.init_args.tasks: no class 'mtlkit.tasks.Regresion' (module 'mtlkit.tasks' "
         "has no attribute 'Regresion'); did you mean 'mtlkit.tasks.Regression'?",
+    ),
+    (
+        "moved_class_path",
+        ["--config", "moved.yaml"],
+        2,
+        "error: model: no class 'mtlkit.model.MultiTaskModule' (module 'mtlkit.model' has no "
+        "attribute 'MultiTaskModule'); did you mean 'mtlkit.training.MultiTaskModule'?",
     ),
     (
         "malformed_yaml",

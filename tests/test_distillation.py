@@ -11,8 +11,7 @@ from helpers import TINY_ENCODER, quiet_trainer, toy_datamodule, toy_task
 from mtlkit.cli import cli_main
 from mtlkit.data import InMemory
 from mtlkit.errors import ConfigError
-from mtlkit.model import HFEncoder, MultiTaskModule
-from mtlkit.model.distillation import DistillationModule
+from mtlkit.model import HFEncoder
 from mtlkit.tasks import (
     IGNORE_INDEX,
     MultiLabelClassification,
@@ -22,6 +21,8 @@ from mtlkit.tasks import (
     TokenClassification,
 )
 from mtlkit.tasks.base import soft_kl
+from mtlkit.training import MultiTaskModule
+from mtlkit.training.distillation import DistillationModule
 from mtlkit.weighting import EqualWeighting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,9 @@ def _student(ckpt, tasks=None, **kw):
     torch.manual_seed(1)
     encoder = HFEncoder(config=dict(TINY_ENCODER, num_hidden_layers=1))
     kw.setdefault("weighting", EqualWeighting())
-    return DistillationModule(encoder, tasks or _tasks(), teacher=ckpt, **kw)
+    student = DistillationModule(encoder, tasks or _tasks(), teacher=ckpt, **kw)
+    student.configure_model()  # building the model reads the teacher
+    return student
 
 
 def test_teacher_gives_the_trained_model_outputs_for_every_task_type(teacher_ckpt):
@@ -235,6 +238,7 @@ def test_distilled_student_moves_towards_a_frozen_teacher(tmp_path):
         lr_scheduler=None,
         optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),
     )
+    student.configure_model()
     frozen = student.teacher
     torch.testing.assert_close(
         student.encoder.layers[0].state_dict(), frozen.encoder.layers[1].state_dict()

@@ -9,10 +9,10 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.model.encoder import HFEncoder
-from mtlkit.model.module import MultiTaskModule
 from mtlkit.model.multitask import MultiTaskModel, TaskOutput
 from mtlkit.model.source import ModelSource, load_source
 from mtlkit.tasks.base import Task
+from mtlkit.training.module import MultiTaskModule
 
 
 class Teacher:
@@ -93,8 +93,6 @@ class DistillationModule(MultiTaskModule):
         missing = sorted({type(t).__name__ for t in tasks if not _distills(t)})
         if missing:
             raise ConfigError(f"task type(s) {missing} define no distill_loss")
-        # Set before MultiTaskModule.__init__, which builds the model (and so the teacher) when
-        # the tasks' labels are already known.
         self.teacher_path, self.alpha, self.temperature = teacher, alpha, temperature
         self._teacher: Teacher | None = None
         self._soft_losses: dict[str, Tensor] = {}
@@ -102,9 +100,12 @@ class DistillationModule(MultiTaskModule):
 
     @property
     def teacher(self) -> Teacher:
-        """The frozen teacher (built with the heads, once the tasks' labels are known)."""
+        """The frozen teacher (read when the model is built: ``configure_model``)."""
         if self._teacher is None:
-            raise ConfigError("the teacher is built with the heads: set up the data first")
+            raise ConfigError(
+                "the teacher is read when the model is built: call configure_model() (a Trainer "
+                "does, after setting up the data)"
+            )
         return self._teacher
 
     def configure_model(self) -> None:
