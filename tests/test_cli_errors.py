@@ -49,8 +49,10 @@ def _mtlkit(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
 def _files(tmp_path: Path) -> dict[str, str]:
     typo = Path(TINY).read_text().replace("mtlkit.tasks.Regression", "mtlkit.tasks.Regresion")
     # The LightningModule's path before it moved out of mtlkit.model (which imports no Lightning).
-    moved = Path(TINY).read_text().replace(
-        "mtlkit.training.MultiTaskModule", "mtlkit.model.MultiTaskModule"
+    moved = (
+        Path(TINY)
+        .read_text()
+        .replace("mtlkit.training.MultiTaskModule", "mtlkit.model.MultiTaskModule")
     )
     files = {
         "typo.yaml": typo,
