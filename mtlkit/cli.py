@@ -209,11 +209,13 @@ def export_checkpoint(configs: list[str], ckpt_path: str, output: str) -> Path:
     module = cli.model
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # no pickled code
     module.on_load_checkpoint(ckpt)  # labels first: heads are built from them
-    # An export holds the encoder and heads: the weighting method's training state is left out,
-    # so a checkpoint trained with another method (a configs/weighting/ override) exports too.
-    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("weighting.")}
+    # An export holds the encoder and heads: training-only state (the weighting method's, a
+    # distillation's projections) is left out, so a checkpoint trained with another method (a
+    # configs/weighting/ override) exports too.
+    model_keys = ("encoder.", "heads.")
+    state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(model_keys)}
     missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("weighting.")]
+    missing = [k for k in missing if k.startswith(model_keys)]
     if missing or unexpected:
         raise ConfigError(
             f"checkpoint {ckpt_path} does not fit the model of {', '.join(configs)}: "

@@ -276,8 +276,10 @@ def test_distilled_student_moves_towards_a_frozen_teacher(tmp_path):
     assert ckpt["hyper_parameters"]["teacher"] == str(tmp_path / "teacher.ckpt")
 
 
-def test_distill_minilm_config_fits(tmp_path, monkeypatch):
-    """The shipped config, against a stand-in MiniLM teacher at the path it names."""
+@pytest.mark.parametrize("overrides", [[], ["configs/transfer/distill_layers.yaml"]])
+def test_distill_minilm_config_fits(overrides, tmp_path, monkeypatch):
+    """The shipped config (alone, and with the layer-matching override), against a stand-in
+    MiniLM teacher at the path it names."""
     monkeypatch.chdir(tmp_path)
     quick = [
         SequenceClassification("trec", NOWHERE, num_labels=6),
@@ -294,6 +296,7 @@ def test_distill_minilm_config_fits(tmp_path, monkeypatch):
             "fit",
             "--config",
             str(ROOT / "configs/transfer/distill_minilm.yaml"),
+            *[a for o in overrides for a in ("--config", str(ROOT / o))],
             "--trainer.max_steps=2",
             "--trainer.limit_val_batches=1",
             "--trainer.logger=false",
@@ -309,3 +312,6 @@ def test_distill_minilm_config_fits(tmp_path, monkeypatch):
     assert len(student.encoder.layers) == 3 and student.encoder.kept_layers == [1, 3, 5]
     assert len(student.teacher.encoder.layers) == 6
     assert student.init_report.encoder_tensors > 0
+    if overrides:  # hidden widths agree (384): no projections; every match logged
+        assert [m.teacher for m in student.matches] == [0, 2, 4, 6, 6] and not student.projections
+        assert "train/distill/attention_kl_3_6" in cli.trainer.callback_metrics

@@ -476,6 +476,10 @@ class MultiTaskModule(L.LightningModule):
         }
 
     # ---------------------------------------------------------- optimizer
+    def extra_parameter_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups of a subclass's own trainable parts (none here)."""
+        return []
+
     def configure_optimizers(self) -> Any:
         groups = encoder_param_groups(self.encoder, self.layer_lr_decay)
         heads = {"params": list(self.heads.parameters()), "name": "heads"}
@@ -483,6 +487,7 @@ class MultiTaskModule(L.LightningModule):
             heads["lr"] = self.head_lr
         groups.append(heads)
         groups.extend(self.weighting.parameter_groups())
+        groups.extend(self.extra_parameter_groups())
         optimizer = self.optimizer_fn([g for g in groups if g["params"]])
         for group in optimizer.param_groups:  # layer-wise rates are relative to the base rate
             group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
