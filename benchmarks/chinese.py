@@ -36,11 +36,12 @@ from benchmarks.common import delta_m, write_result
 from mtlkit.callbacks import metric_rows
 from mtlkit.data import MultiTaskDataModule
 from mtlkit.data.sampling import Temperature
-from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.model import HFEncoder
 from mtlkit.optim import AdamW, LinearWarmupDecay
 from mtlkit.tasks import SequenceClassification, TokenClassification
 from mtlkit.tasks.base import Task
 from mtlkit.testing.trainer import quiet_trainer
+from mtlkit.training import MultiTaskModule
 
 CACHE = Path(__file__).resolve().parents[1] / ".mtlkit_cache" / "benchmarks"
 DATASETS = {

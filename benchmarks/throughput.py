@@ -75,11 +75,12 @@ from benchmarks.common import CONFIGS, write_result
 from mtlkit.cli import cli_main
 from mtlkit.data import MultiTaskDataModule
 from mtlkit.data.batching import count_tokens
-from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.model import HFEncoder
 from mtlkit.paths import MINILM, resolve_path
 from mtlkit.tasks import Regression
 from mtlkit.tasks.base import Task
 from mtlkit.testing.trainer import quiet_cli_args
+from mtlkit.training import MultiTaskModule
 
 #: Each side adds one layer to the one before: the difference between two is that layer's cost.
 ALL_SIDES = [

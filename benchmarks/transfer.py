@@ -87,10 +87,10 @@ def run_one(
     init: str, regime: str, size: int | None, steps: int, seed: int, source: Path, smoke: bool
 ) -> dict[str, Any]:
     from mtlkit.data import MultiTaskDataModule
-    from mtlkit.model import MultiTaskModule
     from mtlkit.optim import AdamW
     from mtlkit.paths import MINILM
     from mtlkit.testing.trainer import quiet_trainer
+    from mtlkit.training import MultiTaskModule
 
     L.seed_everything(seed, verbose=False)
     tokenizer = "pkg:mtlkit/testing/tiny_tokenizer" if smoke else MINILM

@@ -29,11 +29,12 @@ import torch
 
 from benchmarks.common import write_result
 from mtlkit.data import InMemory
-from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.model import HFEncoder
 from mtlkit.paths import MINILM
 from mtlkit.tasks import SequenceClassification
 from mtlkit.testing import TINY_ENCODER
 from mtlkit.testing.methods import weighting_methods
+from mtlkit.training import MultiTaskModule
 from mtlkit.weighting import GradientWeighting, TaskGradients, Weighting
 from mtlkit.weighting.autogram import AutogramGramian
 from mtlkit.weighting.gradient import GramianAggregator, gram_matrix

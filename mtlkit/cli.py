@@ -18,8 +18,8 @@ from mtlkit import console
 from mtlkit.checkpointing import AtomicCheckpointIO, RNGState
 from mtlkit.data.datamodule import MultiTaskDataModule
 from mtlkit.errors import ConfigError, MtlkitError
-from mtlkit.model.module import MultiTaskModule
 from mtlkit.run_folder import RunFolderLock, resolve_last
+from mtlkit.training.module import MultiTaskModule
 
 #: Set by the console entry point :func:`main`: parse errors are raised (and printed by it as
 #: one line) instead of jsonargparse's usage dump and exit.
@@ -205,17 +205,17 @@ def export_checkpoint(configs: list[str], ckpt_path: str, output: str) -> Path:
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"checkpoint {ckpt_path!r} does not exist")
     args = [a for c in configs for a in ("--config", c)]
-    # The checkpoint holds every weight: init_from's source need not be read (or exist).
-    args += ["--model.init_args.init_from=null", "--model.init_args.init_heads=null"]
-    cli = cli_main(args, run=False)
+    cli = cli_main(args, run=False)  # builds the module: no weights read (init_from neither)
     module = cli.model
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # no pickled code
     module.on_load_checkpoint(ckpt)  # labels first: heads are built from them
-    # An export holds the encoder and heads: the weighting method's training state is left out,
-    # so a checkpoint trained with another method (a configs/weighting/ override) exports too.
-    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("weighting.")}
+    # An export holds the encoder and heads: training-only state (the weighting method's, a
+    # distillation's projections) is left out, so a checkpoint trained with another method (a
+    # configs/weighting/ override) exports too.
+    model_keys = ("encoder.", "heads.")
+    state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(model_keys)}
     missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("weighting.")]
+    missing = [k for k in missing if k.startswith(model_keys)]
     if missing or unexpected:
         raise ConfigError(
             f"checkpoint {ckpt_path} does not fit the model of {', '.join(configs)}: "

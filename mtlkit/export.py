@@ -37,7 +37,7 @@ from mtlkit.tasks.base import Task
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from mtlkit.model.module import MultiTaskModule
+    from mtlkit.training.module import MultiTaskModule
 
 __all__ = ["export_model", "read_exported"]
 

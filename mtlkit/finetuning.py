@@ -26,7 +26,7 @@ def _encoder(pl_module: L.LightningModule) -> Any:
     if not isinstance(encoder, nn.Module) or not hasattr(encoder, "layers"):
         raise ConfigError(
             f"{type(pl_module).__name__} has no mtlkit encoder (an `encoder` with `layers`); "
-            "the fine-tuning callbacks need mtlkit.model.MultiTaskModule"
+            "the fine-tuning callbacks need mtlkit.training.MultiTaskModule"
         )
     return encoder
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from mtlkit.data import InMemory, MultiTaskDataModule
-from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.model import HFEncoder
 from mtlkit.tasks import SequenceClassification
 from mtlkit.testing import TINY_ENCODER, TINY_WORDS
+from mtlkit.training import MultiTaskModule
 
 TOKENIZER = "pkg:mtlkit/testing/tiny_tokenizer"
 # Words of the tiny vocabulary, so toy texts tokenize into real word ids.

@@ -13,10 +13,11 @@ from safetensors.torch import load_file
 from mtlkit.cli import cli_main
 from mtlkit.data import InMemory
 from mtlkit.errors import ConfigError
-from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.model import HFEncoder
 from mtlkit.model.adapters import LoRAEncoder
 from mtlkit.model.prompt_tuning import PromptTuningEncoder
 from mtlkit.tasks import TokenClassification
+from mtlkit.training import MultiTaskModule
 from mtlkit.weighting import EqualWeighting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +164,7 @@ def test_init_from_loads_the_pretrained_weights_under_the_adapters(kind, tmp_pat
     source.on_save_checkpoint(ckpt)
     torch.save(ckpt, tmp_path / "source.ckpt")
     model = _module(kind, seed=4, init_from=str(tmp_path / "source.ckpt"))
+    model.configure_model()  # building the model reads init_from
     assert _base(model.encoder).keys() == _base(source.encoder).keys()
     for key, value in _base(source.encoder).items():
         assert torch.equal(model.encoder.model.state_dict()[key], value), key

@@ -21,9 +21,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from mtlkit.cli import cli_main
 from mtlkit.data import InMemory, LocalFiles
 from mtlkit.errors import ConfigError, DataError
-from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.model import HFEncoder
 from mtlkit.tasks import Regression, SequenceClassification, TokenClassification
 from mtlkit.testing import TINY_ENCODER
+from mtlkit.training import MultiTaskModule
 from mtlkit.weighting import DynamicWeightAverage
 
 ROOT = Path(__file__).resolve().parents[1]

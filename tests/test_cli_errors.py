@@ -48,8 +48,15 @@ def _mtlkit(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
 
 def _files(tmp_path: Path) -> dict[str, str]:
     typo = Path(TINY).read_text().replace("mtlkit.tasks.Regression", "mtlkit.tasks.Regresion")
+    # The LightningModule's path before it moved out of mtlkit.model (which imports no Lightning).
+    moved = (
+        Path(TINY)
+        .read_text()
+        .replace("mtlkit.training.MultiTaskModule", "mtlkit.model.MultiTaskModule")
+    )
     files = {
         "typo.yaml": typo,
+        "moved.yaml": moved,
         "broken.yaml": "trainer:\n  max_steps: [1\nmodel: {\n",
         "column.yaml": MISNAMED_COLUMN,
     }
@@ -77,6 +84,13 @@ CONSOLE_CASES = [
         "has no attribute 'Regresion'); did you mean 'mtlkit.tasks.Regression'?",
     ),
     (
+        "moved_class_path",
+        ["--config", "moved.yaml"],
+        2,
+        "error: model: no class 'mtlkit.model.MultiTaskModule' (module 'mtlkit.model' has no "
+        "attribute 'MultiTaskModule'); did you mean 'mtlkit.training.MultiTaskModule'?",
+    ),
+    (
         "malformed_yaml",
         ["--config", "broken.yaml"],
         2,
@@ -87,7 +101,8 @@ CONSOLE_CASES = [
         "bad_literal_value",
         ["--model.init_args.pooling=max"],
         2,
-        "error: model.init_args.pooling: Expected a typing.Literal['cls', 'mean']. Got value: max",
+        "error: model.init_args.pooling: Expected a typing.Literal['cls', 'mean', 'last']. "
+        "Got value: max",
     ),
     (
         "data_error_before_the_model_loads",

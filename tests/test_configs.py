@@ -7,7 +7,7 @@ import yaml
 
 from mtlkit.cli import cli_main
 from mtlkit.data.datamodule import MultiTaskDataModule
-from mtlkit.model import MultiTaskModule
+from mtlkit.training import MultiTaskModule
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))

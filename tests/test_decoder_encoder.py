@@ -12,10 +12,11 @@ from mtlkit.data import MultiTaskDataModule
 from mtlkit.data.datamodule import with_pad_token
 from mtlkit.errors import ConfigError
 from mtlkit.finetuning import FreezeLayers
-from mtlkit.model import CausalLMEncoder, HFEncoder, MultiTaskModel, MultiTaskModule
-from mtlkit.model.param_groups import encoder_param_groups
+from mtlkit.model import CausalLMEncoder, HFEncoder, MultiTaskModel
 from mtlkit.model.pooling import pool
 from mtlkit.testing import TINY_ENCODER, build_tiny_bpe_tokenizer
+from mtlkit.training import MultiTaskModule
+from mtlkit.training.param_groups import encoder_param_groups
 
 # The Hugging Face module names of each family (from its modeling file, not from mtlkit).
 LAYER_LIST = {"gpt2": "h", "llama": "layers", "qwen2": "layers"}

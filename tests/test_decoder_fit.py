@@ -15,8 +15,9 @@ from mtlkit.cli import cli_main
 from mtlkit.data import InMemory, MultiTaskDataModule
 from mtlkit.export import export_model
 from mtlkit.inference import ExportedModel
-from mtlkit.model import CausalLMEncoder, MultiTaskModule
+from mtlkit.model import CausalLMEncoder
 from mtlkit.tasks import Regression, SequenceClassification, TokenClassification
+from mtlkit.training import MultiTaskModule
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = ["O", "B-X", "I-X"]
@@ -149,6 +150,7 @@ def test_causal_lm_encoder_fits_resumes_initialises_and_exports(family, tmp_path
     plain = MultiTaskModule(
         decoder(family, seed=5), dm.tasks, pooling="last", init_from=str(tmp_path / "last.ckpt")
     )
+    plain.configure_model()  # reads init_from
     for key, value in model.encoder.model.state_dict().items():
         assert torch.equal(plain.encoder.model.state_dict()[key], value), key
     # The export holds the base model: ExportedModel reproduces the trained module.

@@ -12,8 +12,8 @@ from helpers import quiet_trainer, toy_task
 from peft.tuners.lora import LoraLayer
 
 from mtlkit.data import MultiTaskDataModule
-from mtlkit.model import MultiTaskModule
 from mtlkit.model.adapters import LoRAEncoder
+from mtlkit.training import MultiTaskModule
 from mtlkit.weighting import EqualWeighting
 
 TASKS = ("topic", "mood")

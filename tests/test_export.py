@@ -19,7 +19,7 @@ from mtlkit.data import InMemory
 from mtlkit.errors import ConfigError
 from mtlkit.export import export_model, read_exported
 from mtlkit.inference import ExportedModel
-from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.model import HFEncoder
 from mtlkit.tasks import (
     IGNORE_INDEX,
     MultiLabelClassification,
@@ -28,6 +28,7 @@ from mtlkit.tasks import (
     TokenClassification,
 )
 from mtlkit.testing import TINY_ENCODER
+from mtlkit.training import MultiTaskModule
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/tiny/tiny.yaml")
@@ -223,8 +224,8 @@ def test_inference_import_stays_light():
     code = (
         "import sys, mtlkit.inference\n"
         # The plain model (mtlkit.model.multitask) is what ExportedModel runs; the training
-        # module (mtlkit.model.module) and the task types stay out.
-        "heavy = [m for m in ('lightning', 'datasets', 'torchmetrics', 'mtlkit.model.module',"
+        # module (mtlkit.training.module) and the task types stay out.
+        "heavy = [m for m in ('lightning', 'datasets', 'torchmetrics', 'mtlkit.training.module',"
         " 'mtlkit.tasks', 'mtlkit.data') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

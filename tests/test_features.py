@@ -193,7 +193,7 @@ def test_model_and_data_must_agree():
     with pytest.raises(ConfigError, match="pooling"):
         data.bind_model(tiny_model([task], pooling="cls"))
     other = dict(TINY_ENCODER, hidden_size=16)
-    from mtlkit.model import MultiTaskModule
+    from mtlkit.training import MultiTaskModule
 
     with pytest.raises(ConfigError, match="different architectures"):
         data.bind_model(MultiTaskModule(HFEncoder(config=other), [task]))

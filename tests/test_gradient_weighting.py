@@ -8,9 +8,10 @@ from torch import nn
 
 from mtlkit.data import InMemory
 from mtlkit.errors import ConfigError
-from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.model import HFEncoder
 from mtlkit.tasks import SequenceClassification
 from mtlkit.testing import TINY_ENCODER
+from mtlkit.training import MultiTaskModule
 from mtlkit.weighting import GradientWeighting, StepContext, TaskGradients
 from mtlkit.weighting.autogram import AutogramGramian, reset_engine
 from mtlkit.weighting.gradient import (

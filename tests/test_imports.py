@@ -1,7 +1,8 @@
 """Every module imports on its own, and package dependencies point one way.
 
-Layers, lowest first (STYLE.md): errors/paths and the other leaves <- tasks/data <- model <-
-weighting/transfer and the training callbacks <- cli/export/registry/testing. A unit (the first
+Layers, lowest first (STYLE.md): errors/paths and the other leaves <- tasks/data/weighting <- model
+(plain, no Lightning) <- training (the LightningModule) <-
+transfer and the training callbacks <- cli/export/registry/testing. A unit (the first
 level under ``mtlkit``) imports units of its own layer or lower only, and no import cycle joins
 units, counting lazy imports inside functions (imports under ``if TYPE_CHECKING:`` are types
 only, not counted). A lazy import or module-level ``__getattr__`` that only breaks a cycle
@@ -29,11 +30,13 @@ LAYERS: dict[str, int] = {
     ),
     **dict.fromkeys(["packaged", "optim", "_compat"], 0),
     # Weighting methods see only losses, gradients and a StepContext: they import no other unit,
-    # and the LightningModule (in model) holds one.
+    # and the LightningModule (in training) holds one.
     **dict.fromkeys(["tasks", "data", "weighting"], 1),
+    # The plain model (no Lightning) and serving; training wraps the model for Lightning.
     **dict.fromkeys(["model", "inference"], 2),
-    **dict.fromkeys(["transfer", "regularization", "finetuning", "diagnostics", "callbacks"], 3),
-    **dict.fromkeys(["cli", "export", "registry", "testing"], 4),
+    "training": 3,
+    **dict.fromkeys(["transfer", "regularization", "finetuning", "diagnostics", "callbacks"], 4),
+    **dict.fromkeys(["cli", "export", "registry", "testing"], 5),
 }
 
 

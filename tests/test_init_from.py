@@ -10,9 +10,10 @@ from torch import nn
 from mtlkit.data import InMemory
 from mtlkit.errors import ConfigError
 from mtlkit.export import export_model
-from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.model import HFEncoder
 from mtlkit.tasks import SequenceClassification
 from mtlkit.testing import TINY_ENCODER
+from mtlkit.training import MultiTaskModule
 from mtlkit.transfer.init import initialise_from
 
 
@@ -40,6 +41,12 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+def built(module: MultiTaskModule) -> MultiTaskModule:
+    """The module's model built as a Trainer builds it (``configure_model``: init_from is read)."""
+    module.configure_model()
+    return module
+
+
 def three_label_task(name: str) -> SequenceClassification:
     texts, _ = toy_texts(12)
     source = InMemory({"train": {"text": texts, "label": [i % 3 for i in range(12)]}})
@@ -50,7 +57,7 @@ def test_encoder_loaded_new_head_stays_fresh(source):
     torch.manual_seed(7)
     fresh = tiny_model([toy_task("a"), toy_task("c")])
     torch.manual_seed(7)
-    model = tiny_model([toy_task("a"), toy_task("c")], init_from=source["ckpt"])
+    model = built(tiny_model([toy_task("a"), toy_task("c")], init_from=source["ckpt"]))
     assert_same(state(model.encoder.model), state(source["model"].encoder.model))
     # The heads are exactly what the same seed gives without init_from: untouched.
     assert_same(state(model.heads), state(fresh.heads))
@@ -63,17 +70,19 @@ def test_encoder_loaded_new_head_stays_fresh(source):
 
 
 def test_init_heads_list_and_mapping(source):
-    model = tiny_model([toy_task("a"), toy_task("x")], init_from=source["ckpt"], init_heads=["a"])
+    model = built(
+        tiny_model([toy_task("a"), toy_task("x")], init_from=source["ckpt"], init_heads=["a"])
+    )
     assert_same(state(model.heads["a"]), state(source["model"].heads["a"]))
     assert model.init_report.new == ["heads.x"] and "heads.a" in model.init_report.loaded
-    mapped = tiny_model([toy_task("x")], init_from=source["ckpt"], init_heads={"x": "b"})
+    mapped = built(tiny_model([toy_task("x")], init_from=source["ckpt"], init_heads={"x": "b"}))
     assert_same(state(mapped.heads["x"]), state(source["model"].heads["b"]))
     assert mapped.init_report.heads == {"x": "b"}
     assert mapped.init_report.skipped == ["heads.a"]
 
 
 def test_from_exported_folder(source):
-    model = tiny_model([toy_task("b")], init_from=source["folder"], init_heads=["b"])
+    model = built(tiny_model([toy_task("b")], init_from=source["folder"], init_heads=["b"]))
     assert_same(state(model.encoder.model), state(source["model"].encoder.model))
     assert_same(state(model.heads["b"]), state(source["model"].heads["b"]))
 
@@ -91,7 +100,7 @@ def test_keeps_requires_grad_and_is_called_directly(source):
 
 def test_keep_layers_student_takes_the_chosen_source_layer(source):
     encoder = HFEncoder(config=dict(TINY_ENCODER), keep_layers=[1])
-    student = MultiTaskModule(encoder, [toy_task("a")], init_from=source["ckpt"])
+    student = built(MultiTaskModule(encoder, [toy_task("a")], init_from=source["ckpt"]))
     teacher = source["model"].encoder
     assert len(student.encoder.layers) == 1
     assert_same(state(student.encoder.layers[0]), state(teacher.layers[1]))
@@ -105,7 +114,7 @@ def test_keep_layers_that_the_source_lacks(source):
     config = dict(TINY_ENCODER, num_hidden_layers=3)
     encoder = HFEncoder(config=config, keep_layers=[2])
     with pytest.raises(ConfigError, match=r"keep_layers \[2\] does not fit the source's 2 layers"):
-        MultiTaskModule(encoder, [toy_task("a")], init_from=source["ckpt"])
+        built(MultiTaskModule(encoder, [toy_task("a")], init_from=source["ckpt"]))
 
 
 class PerTaskBias(HFEncoder):
@@ -132,7 +141,7 @@ def test_per_task_parameters_stay_new(source):
 def test_lora_encoder_loads_base_weights_and_keeps_adapters_new(source):
     adapters = pytest.importorskip("mtlkit.model.adapters")
     encoder = adapters.LoRAEncoder(config=dict(TINY_ENCODER), r=2)
-    model = MultiTaskModule(encoder, [toy_task("sst")], init_from=source["ckpt"])
+    model = built(MultiTaskModule(encoder, [toy_task("sst")], init_from=source["ckpt"]))
     own = state(model.encoder.model)  # Hugging Face keys for the frozen weights, plus adapters
     for key, value in state(source["model"].encoder.model).items():
         assert torch.equal(own[key], value), key
@@ -144,7 +153,9 @@ def test_lora_encoder_loads_base_weights_and_keeps_adapters_new(source):
 def test_soft_sharing_copies_follow_the_loaded_weights(source):
     soft = pytest.importorskip("mtlkit.model.soft_sharing")
     encoder = soft.SoftSharedEncoder(top_layers=1, config=dict(TINY_ENCODER))
-    model = MultiTaskModule(encoder, [toy_task("a"), toy_task("b")], init_from=source["ckpt"])
+    model = built(
+        MultiTaskModule(encoder, [toy_task("a"), toy_task("b")], init_from=source["ckpt"])
+    )
     loaded = source["model"].encoder.layers[1].parameters()
     for p, q in zip(model.encoder.task_parameters("b"), loaded, strict=True):
         assert torch.equal(p, q)
@@ -154,27 +165,33 @@ def test_soft_sharing_copies_follow_the_loaded_weights(source):
     ("build", "message"),
     [
         (
-            lambda p: MultiTaskModule(
-                HFEncoder(config=dict(TINY_ENCODER, vocab_size=200)), [toy_task("a")], init_from=p
+            lambda p: built(
+                MultiTaskModule(
+                    HFEncoder(config=dict(TINY_ENCODER, vocab_size=200)),
+                    [toy_task("a")],
+                    init_from=p,
+                )
             ),
             r"'embeddings.word_embeddings.weight' has shape \(200, 32\) here but \(155, 32\) in "
             r"the source.*architectures differ.*vocab_size=155",
         ),
         (
-            lambda p: MultiTaskModule(
-                HFEncoder(config=dict(TINY_ENCODER, num_hidden_layers=1)),
-                [toy_task("a")],
-                init_from=p,
+            lambda p: built(
+                MultiTaskModule(
+                    HFEncoder(config=dict(TINY_ENCODER, num_hidden_layers=1)),
+                    [toy_task("a")],
+                    init_from=p,
+                )
             ),
             r"source encoder has 2 layers but this model's has 1; the architectures differ.*"
             r"keep_layers",
         ),
         (
-            lambda p: tiny_model([toy_task("a")], init_from=p, init_heads={"a": "nope"}),
+            lambda p: built(tiny_model([toy_task("a")], init_from=p, init_heads={"a": "nope"})),
             r"has no head 'nope' \(for task 'a'\); it has heads \['a', 'b'\]",
         ),
         (
-            lambda p: tiny_model([three_label_task("a")], init_from=p, init_heads=["a"]),
+            lambda p: built(tiny_model([three_label_task("a")], init_from=p, init_heads=["a"])),
             r"head 'a' of the source was trained with \{'num_labels': 2\} but task 'a' has "
             r"\{'num_labels': 3\}",
         ),
@@ -183,7 +200,7 @@ def test_soft_sharing_copies_follow_the_loaded_weights(source):
             r"init_heads needs init_from",
         ),
         (
-            lambda p: tiny_model([toy_task("a")], init_from=p + ".missing"),
+            lambda p: built(tiny_model([toy_task("a")], init_from=p + ".missing")),
             r"does not exist",
         ),
     ],
@@ -197,7 +214,7 @@ def test_errors_name_the_problem(source, build, message):
 def test_folder_that_is_not_an_export(tmp_path):
     (tmp_path / "mtlkit.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"is not an exported mtlkit model: it has no heads"):
-        tiny_model([toy_task("a")], init_from=str(tmp_path))
+        built(tiny_model([toy_task("a")], init_from=str(tmp_path)))
 
 
 def test_failed_init_leaves_the_model_unchanged(source):
@@ -206,3 +223,12 @@ def test_failed_init_leaves_the_model_unchanged(source):
     with pytest.raises(ConfigError, match="label set"):
         initialise_from(model, source["ckpt"], ["a"])
     assert_same(state(model), before)  # the encoder was not half-loaded
+
+
+def test_constructing_the_module_reads_no_file(tmp_path):
+    # init_from is a step of building the model (configure_model), not of construction: an
+    # export or a resume builds the module from a config whose source may be gone.
+    module = tiny_model([toy_task("a")], init_from=str(tmp_path / "gone.ckpt"))
+    assert module.heads["a"] is not None and not hasattr(module, "init_report")
+    with pytest.raises(ConfigError, match="does not exist"):
+        module.configure_model()

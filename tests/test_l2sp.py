@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from mtlkit.cli import cli_main
 from mtlkit.errors import ConfigError
 from mtlkit.finetuning import FreezeLayers
-from mtlkit.model import MultiTaskModule
 from mtlkit.regularization import L2SP
+from mtlkit.training import MultiTaskModule
 
 ROOT = Path(__file__).resolve().parents[1]
 

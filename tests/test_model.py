@@ -85,7 +85,7 @@ def test_method_needing_all_tasks_rejects_homogeneous_batches(tmp_path):
 def test_tokenizer_that_does_not_match_encoder(tmp_path):
     dm = toy_datamodule([toy_task("a")])
     enc = dict(TINY_ENCODER, vocab_size=50)
-    from mtlkit.model import MultiTaskModule
+    from mtlkit.training import MultiTaskModule
 
     model = MultiTaskModule(HFEncoder(config=enc), dm.tasks)
     trainer = quiet_trainer(tmp_path, max_steps=1)

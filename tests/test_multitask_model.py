@@ -16,10 +16,11 @@ from test_export import four_tasks
 
 from mtlkit.export import export_model
 from mtlkit.inference import ExportedModel
-from mtlkit.model import HFEncoder, MultiTaskModel, MultiTaskModule
-from mtlkit.model.distillation import Teacher
+from mtlkit.model import HFEncoder, MultiTaskModel
 from mtlkit.model.source import load_source
 from mtlkit.testing import TINY_ENCODER
+from mtlkit.training import MultiTaskModule
+from mtlkit.training.distillation import Teacher
 from mtlkit.transfer.features import FeatureDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ NAMES = ["nli", "sts", "topics", "ner", "single"]
 def test_plain_model_imports_without_lightning():
     code = (
         "import sys, mtlkit.model.multitask, mtlkit.model.outputs, mtlkit.model.source\n"
-        "heavy = [m for m in ('lightning', 'torchmetrics', 'datasets', 'mtlkit.model.module',"
+        "heavy = [m for m in ('lightning', 'torchmetrics', 'datasets', 'mtlkit.training.module',"
         " 'mtlkit.tasks', 'mtlkit.data') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -27,9 +27,9 @@ from mtlkit.checkpointing import AtomicCheckpointIO, CheckpointError
 from mtlkit.cli import cli_main
 from mtlkit.data import InMemory
 from mtlkit.errors import ConfigError, DataError
-from mtlkit.model.module import NonFiniteError
 from mtlkit.run_folder import lock_path
 from mtlkit.tasks import Regression, SequenceClassification
+from mtlkit.training.module import NonFiniteError
 from mtlkit.weighting import StaticWeighting
 
 ROOT = Path(__file__).resolve().parents[1]

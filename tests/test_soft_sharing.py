@@ -12,10 +12,10 @@ from helpers import quiet_trainer, toy_datamodule, toy_task, toy_texts
 from mtlkit.cli import cli_main
 from mtlkit.data import InMemory
 from mtlkit.errors import ConfigError
-from mtlkit.model import MultiTaskModule
 from mtlkit.model.soft_sharing import SoftSharedEncoder
 from mtlkit.tasks import SequenceClassification
 from mtlkit.testing import TINY_ENCODER
+from mtlkit.training import MultiTaskModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,6 +181,7 @@ def test_init_from_reaches_every_copy(tmp_path):
     trainer.save_checkpoint(tmp_path / "source.ckpt")
     # init_from loads the source encoder into the base model once the copies exist.
     model, _ = _model(None, init_from=str(tmp_path / "source.ckpt"))
+    model.configure_model()
     assert _distance(model.encoder, "a", "b") == 0
     pairs = zip(
         model.encoder.task_parameters("b"), source.encoder.task_parameters("a"), strict=True

@@ -1,23 +1,12 @@
-"""The model: a plain multi-task ``nn.Module`` and the LightningModule that trains it.
+"""The model: a plain multi-task ``nn.Module`` (encoder, pooling, heads, one forward, output
+decoding) and the encoders it is built from.
 
-``mtlkit.model.encoder``, ``.multitask``, ``.outputs``, ``.pooling`` and ``.source`` import
-without Lightning (a served model needs torch and transformers only); the training module is
-imported when it is asked for (``mtlkit.model.MultiTaskModule``, as configs name it).
+Nothing here imports Lightning (a served model needs torch and transformers only); the
+LightningModule that trains the model is :class:`mtlkit.training.MultiTaskModule`.
 """
-
-from typing import Any
 
 from mtlkit.model.causal_encoder import CausalLMEncoder
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.multitask import MultiTaskModel
 
-__all__ = ["CausalLMEncoder", "HFEncoder", "MultiTaskModel", "MultiTaskModule"]
-
-
-def __getattr__(name: str) -> Any:
-    # Not a cycle breaker: importing the package (for the plain model) must not load Lightning.
-    if name == "MultiTaskModule":
-        from mtlkit.model.module import MultiTaskModule
-
-        return MultiTaskModule
-    raise AttributeError(f"module 'mtlkit.model' has no attribute {name!r}")
+__all__ = ["CausalLMEncoder", "HFEncoder", "MultiTaskModel"]

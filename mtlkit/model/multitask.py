@@ -1,7 +1,7 @@
 """The multi-task model: a shared encoder, sentence pooling, one head per task, one forward.
 
 A plain ``nn.Module`` that knows nothing of training (no Lightning): the LightningModule
-(:class:`~mtlkit.model.module.MultiTaskModule`) trains it; export, ``ExportedModel``, the
+(:class:`~mtlkit.training.module.MultiTaskModule`) trains it; export, ``ExportedModel``, the
 distillation teacher and the feature cache run the same object.
 """
 

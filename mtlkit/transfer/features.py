@@ -28,7 +28,7 @@ from mtlkit.model.pooling import Pooling, check_pooling
 from mtlkit.tasks.base import Task
 
 if TYPE_CHECKING:
-    from mtlkit.model.module import MultiTaskModule
+    from mtlkit.training.module import MultiTaskModule
 
 
 class FeatureDataModule(MultiTaskDataModule):
@@ -38,7 +38,7 @@ class FeatureDataModule(MultiTaskDataModule):
     task: sequence-level tasks get one pooled vector per example, token-level tasks one state per
     token (as many as ``input_ids``, so token labels stay aligned). Each sub-batch then holds
     ``features`` (``[batch, hidden]`` or ``[batch, width, hidden]``, zero-padded, next to the
-    usual ``attention_mask``), and :class:`~mtlkit.model.MultiTaskModule` skips its encoder for
+    usual ``attention_mask``), and :class:`~mtlkit.training.MultiTaskModule` skips its encoder for
     it. Features are cached under ``cache_dir``, keyed by the encoder (config and a hash of its
     weights), the tokenized data's cache key, ``pooling`` and ``max_length``: a second set-up
     with the same inputs reads them back without running the encoder.

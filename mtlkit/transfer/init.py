@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mtlkit.model.weights import InitReport, load_weights
 
 if TYPE_CHECKING:
-    from mtlkit.model.module import MultiTaskModule
+    from mtlkit.training.module import MultiTaskModule
 
 __all__ = ["InitReport", "initialise_from", "load_weights"]
 

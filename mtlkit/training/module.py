@@ -17,14 +17,14 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
 from mtlkit.errors import ConfigError, DataError, MtlkitError
-from mtlkit.model.distributed import global_mean_losses
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.multitask import MultiTaskModel, TaskOutput
 from mtlkit.model.outputs import task_decoder
-from mtlkit.model.param_groups import encoder_param_groups
 from mtlkit.model.pooling import Pooling, check_pooling
 from mtlkit.optim import LinearWarmupDecay, adamw
 from mtlkit.tasks.base import Task
+from mtlkit.training.distributed import global_mean_losses
+from mtlkit.training.param_groups import encoder_param_groups
 from mtlkit.weighting import EqualWeighting, StepContext, StepObserver, Weighting
 
 SchedulerCallable = Callable[[Optimizer, int], LRScheduler]
@@ -65,8 +65,8 @@ class MultiTaskModule(L.LightningModule):
             more than this (or makes it non-finite) stops the run as diverged, before the
             parameters are checkpointed. ``None`` checks finiteness only.
         init_from: A mtlkit checkpoint (``.ckpt``) or exported folder whose shared encoder is
-            loaded into this model once its heads are built (model-based transfer); what was
-            loaded, freshly initialised and skipped is printed.
+            loaded into this model when it is built (``configure_model``; model-based
+            transfer); what was loaded, freshly initialised and skipped is printed.
         init_heads: Task heads to load as well from ``init_from``: a list of task names present
             in both, or a mapping ``{this_task: source_task}``. Default: none (new heads).
         layer_lr_decay: Layer-wise learning-rate decay (discriminative learning rates): layer
@@ -140,15 +140,26 @@ class MultiTaskModule(L.LightningModule):
         self._initialised_from: str | None = None
         self.metrics = nn.ModuleDict()
         if all(t.is_ready for t in tasks):
-            self.configure_model()
+            self.build_heads()
 
     @property
     def task_names(self) -> list[str]:
         return list(self.tasks)
 
     def configure_model(self) -> None:
-        """Builds heads and metrics once label metadata is known (after data set-up), then loads
-        ``init_from`` (once)."""
+        """Builds the model (Lightning calls this hook after data set-up, before fit, validate,
+        test and predict; call it yourself outside a Trainer): the heads, then the weights of
+        ``init_from`` (read once). Constructing the module reads no file."""
+        self.build_heads()
+        if self.init_from is not None and self._initialised_from != self.init_from:
+            labels = {n: t.label_state() for n, t in self.tasks.items()}
+            self.init_report = self.model.load_weights_from(self.init_from, self.init_heads, labels)
+            rank_zero_info(str(self.init_report))
+            self._initialised_from = self.init_from
+
+    def build_heads(self) -> None:
+        """Builds the heads, metrics and output decoders of the tasks whose labels are known (at
+        construction, or after data set-up or a checkpoint's label metadata)."""
         self.encoder.prepare_tasks(self.task_names)
         for name, task in self.tasks.items():
             if name in self.heads:
@@ -168,11 +179,6 @@ class MultiTaskModule(L.LightningModule):
                 self.model.decoders[name] = task_decoder(
                     task.level, task.output_spec(), task.label_state(), task.num_labels or 1
                 )
-        if self.init_from is not None and self._initialised_from != self.init_from:
-            labels = {n: t.label_state() for n, t in self.tasks.items()}
-            self.init_report = self.model.load_weights_from(self.init_from, self.init_heads, labels)
-            rank_zero_info(str(self.init_report))
-            self._initialised_from = self.init_from
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -470,6 +476,10 @@ class MultiTaskModule(L.LightningModule):
         }
 
     # ---------------------------------------------------------- optimizer
+    def extra_parameter_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups of a subclass's own trainable parts (none here)."""
+        return []
+
     def configure_optimizers(self) -> Any:
         groups = encoder_param_groups(self.encoder, self.layer_lr_decay)
         heads = {"params": list(self.heads.parameters()), "name": "heads"}
@@ -477,6 +487,7 @@ class MultiTaskModule(L.LightningModule):
             heads["lr"] = self.head_lr
         groups.append(heads)
         groups.extend(self.weighting.parameter_groups())
+        groups.extend(self.extra_parameter_groups())
         optimizer = self.optimizer_fn([g for g in groups if g["params"]])
         for group in optimizer.param_groups:  # layer-wise rates are relative to the base rate
             group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
@@ -510,7 +521,7 @@ class MultiTaskModule(L.LightningModule):
                 self.tasks[name].load_label_state(state)
         # The checkpoint holds every weight: init_from's source is not read (nor needed).
         self._initialised_from = self.init_from
-        self.configure_model()
+        self.build_heads()
         # A checkpoint of another architecture (hidden size, vocabulary, ...) fails here with the
         # parameter named, not later inside torch's load_state_dict.
         # Sharding strategies (FSDP, DeepSpeed) hold flattened or partitioned parameters here.
