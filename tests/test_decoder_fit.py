@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 from decoder_helpers import BPE_TOKENIZER, CONFIGS, FAMILIES, decoder
-from helpers import quiet_trainer, toy_texts
+from helpers import quiet_trainer, toy_task, toy_texts
 
 from mtlkit.cli import cli_main
 from mtlkit.data import InMemory, MultiTaskDataModule
@@ -159,3 +159,19 @@ def test_causal_lm_encoder_fits_resumes_initialises_and_exports(family, tmp_path
     _, expected = _module_logits(model, dm.tokenizer, "topic")
     got = torch.stack(exported.logits(INPUTS, tasks=["topic"], batch_size=3)["topic"])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_last_token_learns_a_label_set_by_the_first_word(family, tmp_path):
+    """The toy label is the first word ("good"/"bad"); the head reads the last real token, so
+    the fit beats chance only if causal attention carries the first word to the end."""
+    L.seed_everything(0)
+    tasks = [toy_task("a", n=120), toy_task("b", n=120, seed=1)]
+    args = dict(tokenizer=BPE_TOKENIZER, cache_dir=None, steps_per_epoch=40, batch_size=16)
+    dm = MultiTaskDataModule(tasks, **args)
+    adamw = lambda p: torch.optim.AdamW(p, lr=3e-3)  # noqa: E731
+    model = MultiTaskModule(decoder(family), dm.tasks, pooling="last", optimizer=adamw)
+    trainer = quiet_trainer(tmp_path, max_epochs=2)
+    trainer.fit(model, dm)
+    metrics = trainer.callback_metrics
+    assert metrics["val/a/accuracy"] > 0.75 and metrics["val/b/accuracy"] > 0.75
