@@ -182,6 +182,8 @@ def test_tiny_bpe_tokenizer_is_gpt2_style_and_shipped():
     dm = MultiTaskDataModule([toy_task("t")], tokenizer=BPE_TOKENIZER, cache_dir=None)
     dm.setup("fit")
     assert dm.tokenizer.get_vocab() == TOKENIZER.get_vocab()
+    texts = ["good movie xz", "what is the city of paris, 42?", "johnny hates spam"]
+    assert dm.tokenizer(texts)["input_ids"] == tok(texts)["input_ids"]  # same merges
 
 
 def test_data_module_pads_with_eos_when_the_tokenizer_has_no_pad_token():
