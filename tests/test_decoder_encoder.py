@@ -14,6 +14,7 @@ from mtlkit.errors import ConfigError
 from mtlkit.finetuning import FreezeLayers
 from mtlkit.model import CausalLMEncoder, HFEncoder, MultiTaskModel
 from mtlkit.model.pooling import pool
+from mtlkit.model.soft_sharing import SoftSharedEncoder
 from mtlkit.testing import TINY_ENCODER, build_tiny_bpe_tokenizer
 from mtlkit.training import MultiTaskModule
 from mtlkit.training.param_groups import encoder_param_groups
@@ -203,3 +204,18 @@ def test_tokenizer_without_pad_or_eos_token_is_one_clear_error():
     tok.eos_token = None
     with pytest.raises(ConfigError, match="'mine' has no pad token and no eos token"):
         with_pad_token(tok, "mine")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_soft_shared_copies_of_a_decoder_ignore_padding_side(family):
+    enc = decoder(family, cls=SoftSharedEncoder, top_layers=1).eval()
+    enc.prepare_tasks(["a", "b"])
+    with torch.no_grad():  # the task's copy differs from the shared model
+        for p in enc.towers["b"].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    right, right_mask = ids_and_mask([5, 2], 7, "right")
+    left, left_mask = ids_and_mask([5, 2], 7, "left")
+    for task in (None, "a", "b"):
+        r, l_ = enc(right, right_mask, task=task), enc(left, left_mask, task=task)
+        torch.testing.assert_close(r[right_mask.bool()], l_[left_mask.bool()], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(enc(right, right_mask, task="b"), enc(right, right_mask, task="a"))

@@ -156,8 +156,8 @@ class SoftSharedEncoder(HFEncoder):
             model = self.towers[task]
         else:
             raise ConfigError(f"no encoder copy for task {task!r}; it has {list(self.towers)}")
-        kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        inputs = self.model_inputs(input_ids, attention_mask, token_type_ids)
+        return model(**inputs).last_hidden_state
 
 
 class _ResyncCopies:
