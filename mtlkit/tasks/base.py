@@ -37,8 +37,10 @@ class Task(ABC):
             texts); passed on by the task types that take text pairs.
     """
 
-    #: ``"sequence"`` heads get a pooled vector; ``"token"`` heads get every token state.
-    level: ClassVar[Literal["sequence", "token"]] = "sequence"
+    #: ``"sequence"`` heads get a pooled vector; ``"token"`` heads get every token state;
+    #: ``"dialogue"`` heads get one pooled vector per turn (``[dialogues, turns, hidden]``) and
+    #: the sub-batch's ``turn_mask`` (each turn is one encoder row).
+    level: ClassVar[Literal["sequence", "token", "dialogue"]] = "sequence"
     #: Metric used for the mean over tasks and for model selection (higher is better).
     primary_metric: str
     #: Number of outputs of the head (classes, tags, labels); ``None`` until resolved from the
