@@ -134,9 +134,3 @@ def encode_dialogues(
     if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
         out["token_type_ids"] = [[0] * len(ids) for ids in out["input_ids"]]
     return out
-
-
-def dialogue_length(tokenizer: Any, turns: Turns, speakers: Sequence[str] | None = None) -> int:
-    """Tokens of a dialogue's flat encoding without any length limit (to tell truncation)."""
-    big = 1 << 30
-    return len(encode_dialogues(tokenizer, [turns], big, [speakers])["input_ids"][0])

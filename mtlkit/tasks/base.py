@@ -185,6 +185,12 @@ class Task(ABC):
         (default ``logits``: the raw outputs)."""
         return {"kind": "logits"}
 
+    def input_spec(self) -> dict[str, Any]:
+        """How an exported model reads this task's input, stored in exports as ``input``:
+        ``{}`` (default) for a text or a text pair; dialogue tasks say ``{"type": "dialogue",
+        ...}`` and their encoding settings."""
+        return {}
+
     def metric_inputs(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Turns head outputs and targets into the ``(preds, target)`` the metrics take."""
         return logits.detach(), labels
