@@ -12,7 +12,7 @@ from torch import nn
 
 from mtlkit.data import InMemory
 from mtlkit.dialogue import encode_dialogues
-from mtlkit.errors import DataError
+from mtlkit.errors import ConfigError, DataError
 from mtlkit.model import HFEncoder
 from mtlkit.model.multitask import MultiTaskModel, scatter_turns
 from mtlkit.model.pooling import pool
@@ -20,6 +20,7 @@ from mtlkit.tasks import DialogueClassification
 from mtlkit.tasks.dialogue_classification import ContextHead
 from mtlkit.testing import TINY_ENCODER
 from mtlkit.testing.tiny import tiny_vocab
+from mtlkit.transfer import FeatureDataModule
 
 # the hand-made splits repeat train as validation
 pytestmark = pytest.mark.filterwarnings("ignore:.*leakage")
@@ -229,3 +230,12 @@ def test_hierarchical_model_learns_a_label_decided_by_turn_order(tmp_path) -> No
     trainer = quiet_trainer(tmp_path, max_epochs=1, accelerator="cpu", num_sanity_val_steps=0)
     trainer.fit(tiny_model([task], head_lr=1e-2), datamodule=dm)
     assert float(trainer.callback_metrics["val/dlg/accuracy"]) == 1.0
+
+
+def test_feature_cache_refuses_a_hierarchical_task() -> None:
+    with pytest.raises(ConfigError, match=r"task\(s\) \['dlg'\].* use encoding: flat"):
+        FeatureDataModule(
+            HFEncoder(config=dict(TINY_ENCODER)),
+            tasks=[_order_task("hierarchical")],
+            tokenizer="pkg:mtlkit/testing/tiny_tokenizer",
+        )
