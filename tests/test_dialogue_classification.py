@@ -21,6 +21,8 @@ from mtlkit.tasks.dialogue_classification import ContextHead
 from mtlkit.testing import TINY_ENCODER
 from mtlkit.testing.tiny import tiny_vocab
 from mtlkit.transfer import FeatureDataModule
+from mtlkit.weighting import GradientWeighting
+from mtlkit.weighting.gradient import MGDAUB, UPGrad
 
 # the hand-made splits repeat train as validation
 pytestmark = pytest.mark.filterwarnings("ignore:.*leakage")
@@ -239,3 +241,16 @@ def test_feature_cache_refuses_a_hierarchical_task() -> None:
             tasks=[_order_task("hierarchical")],
             tokenizer="pkg:mtlkit/testing/tiny_tokenizer",
         )
+
+
+@pytest.mark.parametrize("aggregator", [MGDAUB, UPGrad])  # representation rows, parameter rows
+def test_fit_under_gradient_weighting(tmp_path, aggregator) -> None:
+    tasks = [_order_task("hierarchical"), toy_task("txt", n=24)]
+    dm = toy_datamodule(tasks, batch_mode="mixed", steps_per_epoch=2)
+    model = tiny_model(tasks, weighting=GradientWeighting(aggregator()))
+    trainer = quiet_trainer(tmp_path, max_epochs=1, accelerator="cpu", num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 2
+    weights = {k: v for k, v in trainer.callback_metrics.items() if k.endswith("/weight")}
+    assert set(weights) == {"train/dlg/weight", "train/txt/weight"}
+    assert all(torch.isfinite(v) for v in weights.values())
