@@ -8,7 +8,10 @@ import pytest
 import torch
 from datasets import DatasetDict
 from helpers import quiet_trainer, tiny_model, toy_datamodule, toy_task
+from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
 from torch import nn
+from transformers import PreTrainedTokenizerFast
 
 from mtlkit.data import InMemory
 from mtlkit.dialogue import encode_dialogues
@@ -254,3 +257,25 @@ def test_fit_under_gradient_weighting(tmp_path, aggregator) -> None:
     weights = {k: v for k, v in trainer.callback_metrics.items() if k.endswith("/weight")}
     assert set(weights) == {"train/dlg/weight", "train/txt/weight"}
     assert all(torch.isfinite(v) for v in weights.values())
+
+
+def _tokenizer_without_cls(template: str, **special: str):
+    """The tiny vocabulary with another post-processor: ``$A [SEP]`` (T5's ``$A </s>``) or
+    ``$A`` (GPT-2), and ``[SEP]`` as the eos token only."""
+    tok = Tokenizer(WordPiece(V, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[("[SEP]", SEP)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", **special)
+
+
+def test_flat_encoding_uses_each_tokenizers_own_special_tokens() -> None:
+    t5_like = _tokenizer_without_cls("$A [SEP]", eos_token="[SEP]", pad_token="[PAD]")
+    assert _ids(t5_like, ["good movie", "yes"], 64) == [GOOD, MOVIE, SEP, YES, SEP]
+    assert _ids(t5_like, ["good movie", "yes"], 4) == [MOVIE, SEP, YES, SEP]
+    gpt2_like = _tokenizer_without_cls("$A", eos_token="[SEP]")
+    assert _ids(gpt2_like, ["good movie", "yes"], 64) == [GOOD, MOVIE, SEP, YES]
+    with pytest.raises(ConfigError, match="no sep or eos token"):
+        _ids(_tokenizer_without_cls("$A"), ["good", "yes"], 64)
