@@ -117,15 +117,16 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MtlkitCLI:
     )
 
 
-def _read_inputs(path: Path) -> list[dict[str, str] | None]:
+def _read_inputs(path: Path) -> list[dict[str, Any] | None]:
     """Inputs of ``mtlkit predict``, one per line: ``.txt`` (a text per line) or ``.jsonl``
-    (``text`` and an optional ``text_pair`` per line); ``None`` for a blank line, so that the
-    output's line ``i`` still answers the input's line ``i``."""
+    (``text`` and an optional ``text_pair`` per line, or a dialogue: ``turns``, a list of
+    strings, and optional ``speakers``); ``None`` for a blank line, so that the output's line
+    ``i`` still answers the input's line ``i``."""
     if not path.is_file():
         raise ConfigError(f"input file {str(path)!r} does not exist")
     if path.suffix not in (".txt", ".jsonl"):
         raise ConfigError(f"input file {path} must be .txt (one text per line) or .jsonl")
-    items: list[dict[str, str] | None] = []
+    items: list[dict[str, Any] | None] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             items.append(None)
@@ -137,11 +138,34 @@ def _read_inputs(path: Path) -> list[dict[str, str] | None]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path} line {number} is not JSON: {err}") from err
+        if isinstance(row, dict) and "turns" in row:
+            items.append(_dialogue_row(row, path, number))
+            continue
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ConfigError(f'{path} line {number} needs a string "text" field: {line[:80]}')
+            raise ConfigError(
+                f'{path} line {number} needs a string "text" field (or a list of "turns"): '
+                f"{line[:80]}"
+            )
         pair = row.get("text_pair")
         items.append({"text": row["text"], **({"text_pair": str(pair)} if pair else {})})
     return items
+
+
+def _dialogue_row(row: dict[str, Any], path: Path, number: int) -> dict[str, Any]:
+    """A dialogue line ``{"turns": [...], "speakers": [...]}``, checked."""
+    turns, speakers = row["turns"], row.get("speakers")
+    if not isinstance(turns, list) or not turns:
+        raise ConfigError(f'{path} line {number}: "turns" must be a non-empty list of strings')
+    if not all(isinstance(t, str) and t.strip() for t in turns):
+        raise ConfigError(f'{path} line {number}: every turn in "turns" must be a non-empty string')
+    if speakers is None:
+        return {"turns": turns}
+    if not isinstance(speakers, list) or len(speakers) != len(turns):
+        raise ConfigError(
+            f'{path} line {number}: "speakers" must be a list of one name per turn '
+            f"({len(turns)} turns)"
+        )
+    return {"turns": turns, "speakers": [str(s) for s in speakers]}
 
 
 def predict_exported(
@@ -154,7 +178,8 @@ def predict_exported(
 ) -> dict[str, Any]:
     """``mtlkit predict --model DIR``: one JSON line per input line with every task's prediction.
 
-    Each row holds the input's ``line`` number, its ``text`` (and ``text_pair``) and
+    Each row holds the input's ``line`` number, its ``text`` (and ``text_pair``; or ``turns``
+    and ``speakers``) and
     ``predictions`` (``{task: prediction}``); a blank input line gets a row with
     ``"predictions": null``. A prediction of an input cut to the task's ``max_length`` holds
     ``"truncated": true``.
@@ -243,7 +268,11 @@ def _predict_main(argv: list[str]) -> None:
         description="Predict with an exported model (with --config: LightningCLI's predict).",
     )
     parser.add_argument("--model", required=True, help="folder written by mtlkit export")
-    parser.add_argument("--input", required=True, help=".txt (a text per line) or .jsonl")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help=".txt (a text per line) or .jsonl (text/text_pair, or turns/speakers per line)",
+    )
     parser.add_argument("--output", required=True, help=".jsonl to write")
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default all)")
     parser.add_argument("--batch_size", type=int, default=32)

@@ -61,8 +61,8 @@ def export_model(
 
     Raises:
         ConfigError: Per-task encoders (their task-specific parameters have no place in one
-            shared Hugging Face encoder), a task without a head, or a head that is not one
-            linear layer.
+            shared Hugging Face encoder), a task without a head, a head that is not one
+            linear layer (a hierarchical dialogue task's context encoder).
     """
     model = module.model  # the MultiTaskModel: encoder, pooling, heads
     if getattr(model.encoder, "per_task", False):
@@ -78,6 +78,11 @@ def export_model(
     folder.mkdir(parents=True, exist_ok=True)
     tensors, specs = {}, {}
     for name, task in module.tasks.items():
+        if task.level == "dialogue":
+            raise ConfigError(
+                f"cannot export task {name!r}: its hierarchical encoding (a context encoder over "
+                "turn vectors) is not an exportable linear head; train it with encoding: flat"
+            )
         head = model.heads[name]
         specs[name] = _task_spec(task, head)
         for key, value in head.state_dict().items():
@@ -107,6 +112,8 @@ def _task_spec(task: Task, head: nn.Module) -> dict[str, Any]:
         "label_column": task.label_column,
         "max_length": task.max_length,
     }
+    if task.input_spec():
+        spec["input"] = task.input_spec()
     return spec | output
 
 

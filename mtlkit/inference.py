@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedModel
 
+from mtlkit.dialogue import encode_dialogues
 from mtlkit.model.multitask import MultiTaskModel
 from mtlkit.model.source import (
     ENCODER_DIR,
@@ -53,8 +54,35 @@ __all__ = [
     "read_meta",
 ]
 
-#: An input: a text, a ``(text, text_pair)`` pair, or ``{"text": ..., "text_pair": ...}``.
-Input = str | tuple[str, str] | list[str] | dict[str, str]
+#: An input: a text, a ``(text, text_pair)`` pair, ``{"text": ..., "text_pair": ...}``, or a
+#: dialogue ``{"turns": [...], "speakers": [...]}`` (speakers optional).
+Input = str | tuple[str, str] | list[str] | dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Dialogue:
+    """A dialogue input: its turns, oldest first, and optionally one speaker per turn."""
+
+    turns: tuple[str, ...]
+    speakers: tuple[str, ...] | None = None
+
+    @classmethod
+    def parse(cls, item: dict[str, Any], position: int) -> Dialogue:
+        """Reads ``{"turns": [...], "speakers": [...]}``; a clear error for a bad input."""
+        turns, speakers = item["turns"], item.get("speakers")
+        if not isinstance(turns, list | tuple) or not turns:
+            raise ValueError(f"input {position}: 'turns' must be a non-empty list of strings")
+        if not all(isinstance(t, str) and t.strip() for t in turns):
+            raise ValueError(f"input {position}: every turn must be a non-empty string")
+        if speakers is not None and (
+            not isinstance(speakers, list | tuple) or len(speakers) != len(turns)
+        ):
+            raise ValueError(
+                f"input {position}: 'speakers' must be a list of one name per turn "
+                f"({len(turns)} turns)"
+            )
+        names = tuple(str(s) for s in speakers) if speakers is not None else None
+        return cls(tuple(turns), names)
 
 
 @dataclass
@@ -74,8 +102,12 @@ class _Task:
         return self.head.bias
 
     @property
-    def key(self) -> tuple[int, bool, bool]:
+    def key(self) -> tuple[Any, ...]:
         """Tasks with equal keys share one tokenization and one encoder pass."""
+        dialogue = self.spec.get("input") or {}
+        if dialogue.get("type") == "dialogue":
+            turns, speakers = dialogue.get("max_turns"), bool(dialogue.get("speakers"))
+            return "dialogue", int(self.spec.get("max_length", 512)), turns, speakers
         pair = bool(self.spec.get("text_pair_column")) and self.level == "sequence"
         return int(self.spec.get("max_length", 512)), pair, self.level == "token"
 
@@ -133,13 +165,15 @@ class ExportedModel:
         return [self.tasks[n] for n in names]
 
     @staticmethod
-    def _items(inputs: Input | Sequence[Input]) -> list[tuple[str, str | None]]:
+    def _items(inputs: Input | Sequence[Input]) -> list[tuple[Any, str | None]]:
         if isinstance(inputs, str | dict):
             inputs = [inputs]
-        items = []
+        items: list[tuple[Any, str | None]] = []
         for item in inputs:
             if isinstance(item, str):
                 items.append((item, None))
+            elif isinstance(item, dict) and "turns" in item:
+                items.append((Dialogue.parse(item, len(items)), None))
             elif isinstance(item, dict):
                 items.append((str(item["text"]), item.get("text_pair")))
             else:
@@ -147,7 +181,10 @@ class ExportedModel:
                 items.append((str(text), None if pair is None else str(pair)))
         return items
 
-    def _tokenize(self, chunk: list[tuple[str, str | None]], key: tuple[int, bool, bool]) -> Any:
+    def _tokenize(self, chunk: list[tuple[Any, str | None]], key: tuple[Any, ...]) -> Any:
+        if key[0] == "dialogue":
+            enc = self._encode_dialogues(chunk, key, key[1])
+            return self.tokenizer.pad(enc, return_tensors="pt")
         max_length, pair, token_level = key
         common = dict(truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         if token_level:  # whitespace words, tokenized as the training data was
@@ -156,10 +193,32 @@ class ExportedModel:
         texts = [text for text, _ in chunk]
         return self.tokenizer(texts, [p for _, p in chunk] if pair else None, **common)
 
-    def _truncated(
-        self, chunk: list[tuple[str, str | None]], key: tuple[int, bool, bool]
-    ) -> list[bool]:
-        """Which inputs of ``chunk`` are longer than ``max_length`` tokens (and get cut)."""
+    def _encode_dialogues(
+        self, chunk: list[tuple[Any, str | None]], key: tuple[Any, ...], max_length: int
+    ) -> dict[str, list[list[int]]]:
+        """The flat encoding of each input (a text is a dialogue of one turn), as in training."""
+        _, _, max_turns, speakers = key
+        turns = [d.turns if isinstance(d, Dialogue) else (d,) for d, _ in chunk]
+        names = [d.speakers if isinstance(d, Dialogue) else None for d, _ in chunk]
+        if speakers and any(n is None for n in names):
+            raise ValueError(
+                "a dialogue task trained with speakers needs 'speakers' (one per turn) in "
+                "every input"
+            )
+        given = names if speakers else None
+        return encode_dialogues(self.tokenizer, turns, max_length, given, max_turns)
+
+    def _truncated(self, chunk: list[tuple[Any, str | None]], key: tuple[Any, ...]) -> list[bool]:
+        """Which inputs of ``chunk`` are longer than ``max_length`` tokens (and get cut; for
+        dialogues: or have more than ``max_turns`` turns)."""
+        if key[0] == "dialogue":
+            _, max_length, max_turns, _ = key
+            whole = self._encode_dialogues(chunk, (*key[:2], None, key[3]), 1 << 30)
+            turns = [len(d.turns) if isinstance(d, Dialogue) else 1 for d, _ in chunk]
+            return [
+                len(ids) > max_length or (max_turns is not None and n > max_turns)
+                for ids, n in zip(whole["input_ids"], turns, strict=True)
+            ]
         max_length, pair, token_level = key
         common = dict(truncation=False, verbose=False)  # verbose: no over-length warning
         if token_level:
@@ -176,9 +235,17 @@ class ExportedModel:
         """Yields ``(offset, task, logits, encoding, truncated)`` per chunk of inputs and task
         (``truncated``: per input, whether it was longer than the task's ``max_length``)."""
         for task in tasks:
+            if task.key[0] == "dialogue":
+                continue
             if task.key[1] and any(p is None for _, p in items):
                 raise ValueError(f"task {task.name!r} takes text pairs; give every input a pair")
-        groups: dict[tuple[int, bool, bool], list[_Task]] = {}
+            dialogues = [i for i, (text, _) in enumerate(items) if isinstance(text, Dialogue)]
+            if dialogues:
+                raise ValueError(
+                    f"task {task.name!r} reads texts, not dialogues (input(s) {dialogues[:5]}); "
+                    "predict it separately with tasks=[...]"
+                )
+        groups: dict[tuple[Any, ...], list[_Task]] = {}
         for task in tasks:
             groups.setdefault(task.key, []).append(task)
         for start in range(0, len(items), batch_size):
@@ -217,6 +284,9 @@ class ExportedModel:
         Args:
             inputs: Texts, ``(text, text_pair)`` pairs or ``{"text", "text_pair"}`` dicts. Pair
                 tasks need a pair for every input; other tasks read the first text only.
+                Dialogue tasks take ``{"turns": [...], "speakers": [...]}`` dicts (speakers
+                when the task was trained with them; a plain text is a dialogue of one turn),
+                encoded as in training (:func:`mtlkit.dialogue.encode_dialogues`).
             tasks: Task names to predict (default: all).
             batch_size: Inputs per encoder pass.
 
@@ -226,8 +296,8 @@ class ExportedModel:
             ``{"labels", "probabilities"}`` for multi-label (labels above the task's
             threshold), ``{"words", "tags"}`` for token classification (whitespace words, each
             tagged from its first sub-token; ``None`` for words cut by truncation). An input
-            longer than the task's ``max_length`` tokens is cut, and its prediction says so
-            with ``"truncated": True``.
+            longer than the task's ``max_length`` tokens (a dialogue: or with more turns than
+            its ``max_turns``) is cut, and its prediction says so with ``"truncated": True``.
         """
         items = self._items(inputs)
         out: dict[str, list[dict[str, Any]]] = {t.name: [] for t in self._select(tasks)}

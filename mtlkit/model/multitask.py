@@ -23,7 +23,7 @@ from mtlkit.model.weights import InitReport, load_weights
 if TYPE_CHECKING:
     from mtlkit.tasks.base import Task
 
-Level = Literal["sequence", "token"]
+Level = Literal["sequence", "token", "dialogue"]
 TaskOutput = dict[str, Tensor]
 SubBatches = dict[str, dict[str, Tensor]]
 
@@ -39,7 +39,9 @@ class MultiTaskModel(nn.Module):
             last real token, for decoder-only encoders; ``cls`` is refused for them: their
             first token sees only itself).
         heads: Each task's head (input: the pooled vector, or every token state).
-        levels: Each task's level, ``sequence`` or ``token`` (default ``sequence``).
+        levels: Each task's level, ``sequence``, ``token`` or ``dialogue`` (default
+            ``sequence``; a ``dialogue`` sub-batch has one encoder row per turn and a
+            ``turn_mask``, and its head is called as ``head(turn_vectors, turn_mask)``).
         decoders: Each task's output decoding (default: raw logits).
     """
 
@@ -177,7 +179,9 @@ class MultiTaskModel(nn.Module):
         }
 
     def head_inputs(self, sub_batches: SubBatches) -> dict[str, Tensor]:
-        """Each task's head input: the pooled vector, or the token states (token tasks).
+        """Each task's head input: the pooled vector, the token states (token tasks), or the
+        pooled turn vectors ``[dialogues, turns, hidden]`` (dialogue tasks; zero past each
+        dialogue's last turn).
 
         Sub-batches with cached ``features`` (feature-based transfer) skip the encoder.
         """
@@ -190,16 +194,20 @@ class MultiTaskModel(nn.Module):
                 out[name] = cached[name]
             elif self.levels.get(name, "sequence") == "token":
                 out[name] = hidden[name]
+            elif self.levels.get(name) == "dialogue":
+                turns = pool(hidden[name], batch["attention_mask"], self.pooling)
+                out[name] = scatter_turns(turns, batch["turn_mask"])
             else:
                 out[name] = pool(hidden[name], batch["attention_mask"], self.pooling)
         return out
 
     def forward(self, sub_batches: SubBatches) -> dict[str, TaskOutput]:
         """Head outputs (``logits``) and head inputs (``features``) for every task present."""
-        return {
-            name: {"features": features, "logits": self.heads[name](features)}
-            for name, features in self.head_inputs(sub_batches).items()
-        }
+        out = {}
+        for name, features in self.head_inputs(sub_batches).items():
+            extra = [sub_batches[name]["turn_mask"]] if self.levels.get(name) == "dialogue" else []
+            out[name] = {"features": features, "logits": self.heads[name](features, *extra)}
+        return out
 
     def shared_forward(self, batch: dict[str, Tensor], names: list[str]) -> dict[str, Tensor]:
         """The logits of several tasks that read the same inputs: one encoder pass, one pooling."""
@@ -218,6 +226,14 @@ class MultiTaskModel(nn.Module):
     def decode(self, name: str, logits: Tensor, **inputs: Any) -> dict[str, Any]:
         """One input's prediction for task ``name`` (see :class:`OutputDecoder`)."""
         return self.decoders[name].decode(logits, **inputs)
+
+
+def scatter_turns(vectors: Tensor, turn_mask: Tensor) -> Tensor:
+    """Turn vectors in encoder-row order (dialogue by dialogue, turns in order) laid out as
+    ``[dialogues, turns, hidden]``, zeros where ``turn_mask`` is false."""
+    out = vectors.new_zeros(*turn_mask.shape, vectors.shape[-1])
+    out[turn_mask] = vectors
+    return out
 
 
 def _source_head(source: ModelSource, name: str, task: Task, encoder: HFEncoder) -> nn.Module:

