@@ -244,7 +244,8 @@ CASES = [
     (
         case_bad_pooling_cli,
         SystemExit,
-        r"Parser key \"pooling\":\s+Expected a typing.Literal\['cls', 'mean', 'last'\]. Got value: max",
+        r"Parser key \"pooling\":\s+Expected a typing.Literal\['cls', 'mean', 'last'\]. "
+        r"Got value: max",
     ),
     (case_bad_pooling, ConfigError, r"pooling must be 'cls', 'mean' or 'last', got 'max'"),
     (case_bad_batch_mode, ConfigError, r"batch_mode must be 'homogeneous' or 'mixed'"),
