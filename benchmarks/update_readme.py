@@ -19,19 +19,17 @@ from benchmarks.common import RESULTS
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", flags=re.S)
 #: README blocks whose markdown is a part of another benchmark's results.
-SOURCES = {"weighting_overhead_8tasks": "weighting_overhead"}
+SOURCES = {"weighting_overhead_8tasks": "weighting_overhead", "findings": "mtl_suite"}
 
 
 def _commits(payload: dict[str, Any]) -> set[str]:
-    """The commit of the file and of each row it holds (rows cached by an earlier call)."""
-    found = {str(payload.get("commit"))}
-    for runs in (
-        (payload.get("runs") or {}).values() if isinstance(payload.get("runs"), dict) else []
-    ):
-        for run in runs if isinstance(runs, list) else []:
-            if isinstance(run, dict) and "commit" in run:
-                found.add(str(run["commit"]))
-    return found
+    """The commit of the file and of each run it holds (rows cached by earlier calls)."""
+    runs = payload.get("runs")
+    rows = runs.values() if isinstance(runs, dict) else []
+    found = {
+        str(r["commit"]) for row in rows if isinstance(row, list) for r in row if "commit" in r
+    }
+    return {str(payload.get("commit")), *found}
 
 
 def check(names: list[str], results: Path = RESULTS) -> str:
@@ -44,7 +42,11 @@ def check(names: list[str], results: Path = RESULTS) -> str:
             raise SystemExit(f"{path}: no results file for README block {name!r}")
         payload = json.loads(path.read_text())
         commits = _commits(payload)
-        if payload.get("dirty", True) or any(c.endswith("-dirty") for c in commits):
+        if "dirty" not in payload or "for_readme" not in payload:
+            raise SystemExit(f"{path}: records no provenance (made before results recorded it)")
+        rows = payload.get("rows") if isinstance(payload.get("rows"), dict) else {}
+        dirty_rows = any(isinstance(r, dict) and r.get("dirty") for r in rows.values())
+        if payload["dirty"] or dirty_rows or any(c.endswith("-dirty") for c in commits):
             raise SystemExit(f"{path}: made from a dirty tree (commit {payload.get('commit')})")
         if payload.get("for_readme") is not True:
             raise SystemExit(f"{path}: marked for_readme: false (a partial, smoke or dirty run)")
