@@ -325,3 +325,25 @@ def test_transfer_smoke(tmp_path, monkeypatch):
     assert set(payload["summary"]) == {f"{i}/{r}" for i in transfer.INITS for r in transfer.REGIMES}
     text = (tmp_path / "results" / "transfer_smoke.md").read_text()
     assert "| multitask/lora |" in text and "- gradual:" in text
+    assert len(payload["source"]["sha256"]) == 64 and payload["source"]["trained_now"]
+    assert payload["for_readme"] is False
+    # Two seeds: each regime's effect is a paired difference with an interval.
+    effect = payload["effects"]["full"]["16"]
+    assert effect["n"] == 2 and effect["low"] <= effect["mean"] <= effect["high"]
+
+
+def test_transfer_effect_is_paired_by_seed():
+    def runs(init, values):
+        return [
+            {"init": init, "regime": "full", "size": 100, "seed": s, "macro_f1": v}
+            for s, v in enumerate(values)
+        ]
+
+    # Seeds differ a lot (0.5 .. 0.9) but the multi-task start is +0.02 on every seed: paired,
+    # the interval is [0.02, 0.02] and the verdict "better" (unpaired stds would say nothing).
+    effects = transfer.paired_effects(
+        runs("pretrained", [0.5, 0.7, 0.9]) + runs("multitask", [0.52, 0.72, 0.92])
+    )
+    effect = effects["full"]["100"]
+    assert effect["mean"] == pytest.approx(0.02) and effect["verdict"] == "better"
+    assert "- full: 100: +0.020 [+0.020, +0.020] (better)" in transfer.verdict(effects)
