@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
+#: A single-task score below this makes the task's relative change (Δm%) unstable (a near-zero
+#: denominator): reports flag such a task and give the absolute difference beside it.
+DELTA_M_FLOOR = 0.2
+
+
 def delta_m(multi: Mapping[str, float], single: Mapping[str, float]) -> float | None:
     """Δm% (Maninis et al. 2019, "Attentive Single-Tasking of Multiple Tasks", as LibMTL and
     Nash-MTL report it): ``100 * mean over tasks of (multi - single) / single`` for
@@ -71,6 +76,20 @@ def require_clean(allow_dirty: bool, what: str = "the benchmark") -> bool:
 def config_hash(text: str) -> str:
     """First 16 hex digits of the SHA-256 of a resolved config's text."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolved_config(args: list[str]) -> str:
+    """The CLI's ``--print_config`` text for ``mtlkit`` arguments ``args`` (``fit --config ...``):
+    the merged YAML after every override, with every default filled in."""
+    import contextlib
+    import io
+
+    from mtlkit.cli import cli_main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        cli_main([*args, "--print_config"])
+    return out.getvalue()
 
 
 def file_sha256(path: Path) -> str:

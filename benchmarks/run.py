@@ -35,9 +35,7 @@ the configs' lengths and 1,000 steps per task (for a GPU).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import io
 import json
 import tempfile
 import time
@@ -46,6 +44,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks import common
 from benchmarks.common import CONFIGS, ROOT, config_hash, git_state, machine, require_clean
 from benchmarks.suite_report import PRIMARY
 from mtlkit.testing.methods import MethodConfig, weighting_methods
@@ -218,14 +217,9 @@ def seed_args(seed: int) -> list[str]:
 
 
 def resolved_config(args: list[str], tmp: Path) -> str:
-    """The CLI's ``--print_config`` of ``args`` (the merged YAML after every override), with
-    the run's temporary folder written as ``<tmp>`` so the text names the row, not the run."""
-    from mtlkit.cli import cli_main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-        cli_main([*args, "--print_config"])
-    return out.getvalue().replace(str(tmp), "<tmp>")
+    """The resolved config of ``args`` (:func:`benchmarks.common.resolved_config`) with the
+    run's temporary folder written as ``<tmp>``, so the text names the row, not the run."""
+    return common.resolved_config(args).replace(str(tmp), "<tmp>")
 
 
 def run_one(row: dict[str, Any], seed: int, mode: str, settings: dict[str, Any]) -> dict[str, Any]:

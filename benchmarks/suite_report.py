@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import stats
-from benchmarks.common import CONFIGS, ROOT, delta_m, write_result
+from benchmarks.common import CONFIGS, DELTA_M_FLOOR, ROOT, delta_m, write_result
 from benchmarks.recorder import STILL_TOLERANCE, plot_trajectories
 
 PRIMARY = {"trec": "accuracy", "bbc_topic": "accuracy", "sentiment": "pearson"}
-#: A single-task score below this makes a task's relative change (Δm%) unstable: flagged.
-FLOOR = 0.2
+FLOOR = DELTA_M_FLOOR
 #: Rows whose weights are constant by design (not flagged when they never move).
 FIXED = {"weighting/equal", "weighting/static"}
 Runs = Mapping[str, list[dict[str, Any]]]
