@@ -42,15 +42,20 @@ def delta_m(multi: Mapping[str, float], single: Mapping[str, float]) -> float | 
 
 def git_state(cwd: Path = ROOT) -> dict[str, Any]:
     """``{"commit": full sha or "unknown", "dirty": bool}``: a tree is dirty when tracked files
-    differ from HEAD or untracked files that git does not ignore exist."""
+    differ from HEAD or untracked files that git does not ignore exist; a dirty tree also gets
+    ``"changes"``, a hash of its diff and status, so two different dirty states differ."""
     try:
         sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=cwd, text=True).strip()
         status = subprocess.check_output(
             ["git", "status", "--porcelain", "--untracked-files=normal"], cwd=cwd, text=True
         )
+        if not status.strip():
+            return {"commit": sha, "dirty": False}
+        diff = subprocess.check_output(["git", "diff", "HEAD", "--binary"], cwd=cwd)
     except (OSError, subprocess.CalledProcessError):
         return {"commit": "unknown", "dirty": True}
-    return {"commit": sha, "dirty": bool(status.strip())}
+    changes = hashlib.sha256(diff + status.encode()).hexdigest()[:16]
+    return {"commit": sha, "dirty": True, "changes": changes}
 
 
 def commit() -> str:
@@ -128,6 +133,7 @@ def write_result(
     provenance = {
         "commit": state["commit"],
         "dirty": state["dirty"],
+        "changes": state.get("changes"),
         "for_readme": bool(for_readme and not state["dirty"]),
         "machine": machine(),
     }

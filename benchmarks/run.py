@@ -264,11 +264,12 @@ def row_provenance(name: str, mode: str, settings: dict[str, Any]) -> dict[str, 
     provenance = {
         "commit": state["commit"],
         "dirty": state["dirty"],
+        "changes": state.get("changes"),  # what the dirty tree changed (None when clean)
         "config_hash": config_hash(text),
         "settings": settings,
         "machine": machine(),
     }
-    keyed = {k: provenance[k] for k in ("commit", "dirty", "config_hash", "settings")}
+    keyed = {k: provenance[k] for k in ("commit", "changes", "config_hash", "settings")}
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
     return {**provenance, "key": digest}
 

@@ -23,7 +23,10 @@ def test_git_state_of_a_real_repository(tmp_path, tmp_path_factory):
     state = common.git_state(tmp_path)
     assert len(state["commit"]) == 40 and state["dirty"] is False
     (tmp_path / "a.txt").write_text("two")
-    assert common.git_state(tmp_path)["dirty"] is True  # a changed tracked file
+    two = common.git_state(tmp_path)
+    assert two["dirty"] is True and two["commit"] == state["commit"]  # a changed tracked file
+    (tmp_path / "a.txt").write_text("three")
+    assert common.git_state(tmp_path)["changes"] != two["changes"]  # another dirty state
     _git(tmp_path, "checkout", "-q", "a.txt")
     (tmp_path / "new.py").write_text("x = 1")
     assert common.git_state(tmp_path)["dirty"] is True  # an untracked file
@@ -31,6 +34,17 @@ def test_git_state_of_a_real_repository(tmp_path, tmp_path_factory):
     assert common.git_state(tmp_path) == state  # ignored files do not count
     plain = tmp_path_factory.mktemp("plain")  # not a repository: untraceable, so "dirty"
     assert common.git_state(plain) == {"commit": "unknown", "dirty": True}
+
+
+def test_thin_and_max_move_by_hand():
+    from benchmarks.recorder import max_move, thin
+
+    series = [(i, 1.0 + 0.01 * i) for i in range(11)]
+    assert thin(series, 3) == [(0, 1.0), (5, 1.05), (10, 1.1)]  # first, middle, last
+    assert thin(series, 20) == series
+    weights = {"a": [(0, 1.0), (1, 1.2), (2, 0.7)], "b": [(0, 0.5), (1, 0.5)]}
+    assert max_move(weights) == pytest.approx(0.3)  # |0.7 - 1.0|
+    assert max_move({}) == 0.0
 
 
 def test_require_clean(monkeypatch):

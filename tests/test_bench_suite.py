@@ -202,6 +202,12 @@ def test_cache_key_changes_with_commit_config_and_settings(monkeypatch):
     text["value"] = "model: 2"
     assert run.row_provenance("weighting/equal", "default", settings)["key"] != first["key"]
     text["value"] = "model: 1"
+    state.update(dirty=True, changes="c1")
+    dirty = run.row_provenance("weighting/equal", "default", settings)["key"]
+    assert dirty != first["key"]
+    state["changes"] = "c2"  # another dirty state of the same commit: not the same row
+    assert run.row_provenance("weighting/equal", "default", settings)["key"] != dirty
+    state.update(dirty=False, changes=None)
     other = run._settings("default", 2, None)
     assert run.row_provenance("weighting/equal", "default", other)["key"] != first["key"]
 
