@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import findings, run, suite_report, transfer
+from benchmarks import findings, run, suite_report, suite_rows, transfer
 
 
 def _runs(values: dict[str, list[float]], move: float = 0.5) -> list[dict]:
@@ -127,7 +127,7 @@ def test_rows_cover_every_weighting_config_and_sampling():
 
 
 def test_override_files_select_tasks_cut_lengths_and_layers(tmp_path):
-    args = run._override_files(
+    args = suite_rows._override_files(
         run.rows()["single/bbc_topic"], tmp_path, {"bbc_topic": 64}, "default"
     )
     (tasks_file,) = [a for a in args if a.endswith("tasks.yaml")]
@@ -137,7 +137,7 @@ def test_override_files_select_tasks_cut_lengths_and_layers(tmp_path):
     (encoder,) = [a for a in args if a.endswith("encoder.yaml")]
     keep = yaml.safe_load(Path(encoder).read_text())["model"]["init_args"]["encoder"]
     assert keep == {"init_args": {"keep_layers": [0, 1, 2]}}
-    args = run._override_files(run.rows()["sampling/t5"], tmp_path, {})
+    args = suite_rows._override_files(run.rows()["sampling/t5"], tmp_path, {})
     assert not any(a.endswith("encoder.yaml") for a in args)  # --full: the whole model
     override = yaml.safe_load(Path(args[-1]).read_text())["data"]["init_args"]["sampling"]
     assert override == {
@@ -150,7 +150,7 @@ def test_override_files_select_tasks_cut_lengths_and_layers(tmp_path):
     "method,setting", [("uncertainty", {"lr": 1.0e-2}), ("dwa", {"window_steps": 10})]
 )
 def test_dynamic_methods_get_their_settings(tmp_path, method, setting):
-    args = run._override_files(run.rows()[f"weighting/{method}"], tmp_path, {}, "full")
+    args = suite_rows._override_files(run.rows()[f"weighting/{method}"], tmp_path, {}, "full")
     override = yaml.safe_load(Path(args[-1]).read_text())
     assert override == {"model": {"init_args": {"weighting": {"init_args": setting}}}}
     # The row's window is far shorter than the default suite's multi-task budget: many windows.
@@ -162,12 +162,12 @@ def test_cpu_suite_runs_gradient_methods_on_the_representation(tmp_path):
     rows = run.rows()
     assert rows["weighting/pcgrad"]["gradient_on"] == "representation"
     assert "gradient_on" not in rows["weighting/famo"]
-    args = run._override_files(rows["weighting/pcgrad"], tmp_path, {}, "default")
+    args = suite_rows._override_files(rows["weighting/pcgrad"], tmp_path, {}, "default")
     override = yaml.safe_load(Path(args[-1]).read_text())
     assert override == {
         "model": {"init_args": {"weighting": {"init_args": {"works_on": "representation"}}}}
     }
-    full = run._override_files(rows["weighting/pcgrad"], tmp_path, {}, "full")
+    full = suite_rows._override_files(rows["weighting/pcgrad"], tmp_path, {}, "full")
     assert not any(a.endswith("gradient_on.yaml") for a in full)
 
 
@@ -287,7 +287,7 @@ def _tiny_base(path: Path) -> Path:
 def test_suite_end_to_end_on_a_tiny_encoder(tmp_path, monkeypatch):
     """Two rows, two seeds: early stopping and checkpoint selection, test scores, the recorded
     steps and weights, provenance per row, and a report that is not for the README."""
-    monkeypatch.setattr(run, "BASE", _tiny_base(tmp_path / "base.yaml"))
+    monkeypatch.setattr(suite_rows, "BASE", _tiny_base(tmp_path / "base.yaml"))
     monkeypatch.setattr(run, "CACHE", tmp_path / "cache")
     monkeypatch.setenv("MTLKIT_RESULTS_DIR", str(tmp_path / "results"))
     smoke = {**run.MODES["full"], "steps": 4, "eval_every": 2, "patience": 1, "seeds": 2}
