@@ -91,7 +91,22 @@ def summarise(results: Runs) -> dict[str, dict[str, Any]]:
                 _mean_score(runs, tasks), _mean_score(equal, tasks)
             ).as_dict()
         summary[name] = entry
+    for name, twins in identical_rows(results).items():
+        summary[name]["same_as"] = twins
     return summary
+
+
+def identical_rows(results: Runs) -> dict[str, list[str]]:
+    """Rows whose every seed scored exactly what another row's did on every task and metric
+    (e.g. a dynamic method that reduced to a fixed one): row -> the rows it equals."""
+
+    def fingerprint(runs: list[dict[str, Any]]) -> str:
+        return repr(sorted((r["seed"], sorted(r["test"].items())) for r in runs))
+
+    groups: dict[str, list[str]] = {}
+    for name, runs in results.items():
+        groups.setdefault(fingerprint(runs), []).append(name)
+    return {n: [m for m in g if m != n] for g in groups.values() if len(g) > 1 for n in g}
 
 
 def _cell(value: tuple[float, float] | None, digits: int = 3) -> str:
@@ -150,6 +165,13 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
         f"task weight from its start; **never moved** (< {STILL_TOLERANCE}) flags a dynamic "
         "method that acted as a fixed one."
     )
+    twins = sorted(
+        {" = ".join(sorted([n, *e["same_as"]])) for n, e in summary.items() if e.get("same_as")}
+    )
+    if twins:
+        lines.append(
+            f"\nIdentical seed by seed (one row reduced to the other): {'; '.join(twins)}."
+        )
     if floors:
         lines.append(
             f"\nΔm% is unstable for {', '.join(floors)}: single-task score below {FLOOR}; "

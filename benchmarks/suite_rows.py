@@ -27,6 +27,7 @@ MODES: dict[str, dict[str, Any]] = {
         "max_length": {"trec": 32, "bbc_topic": 48, "sentiment": 48},
         "keep_layers": [0, 1, 2],
         "gradient_on": "representation",
+        "accelerator": "cpu",
     },
     # The whole model and each config's own settings (for a GPU).
     "full": {
@@ -38,6 +39,7 @@ MODES: dict[str, dict[str, Any]] = {
         "max_length": {},
         "keep_layers": None,
         "gradient_on": None,
+        "accelerator": "auto",  # the quickstart config says cpu; --full is meant for a GPU
     },
 }
 #: Settings under which a dynamic method acts within the suite's budget (the shipped configs
@@ -163,6 +165,7 @@ def cli_args(row: dict[str, Any], mode: str, settings: dict[str, Any], tmp: Path
     args += [*quiet_cli_args(), "--trainer.enable_checkpointing=true", "--trainer.callbacks=[]"]
     args += ["--config", _callbacks(tmp, "val/mean", settings["patience"])]
     args += [
+        f"--trainer.accelerator={settings.get('accelerator', 'cpu')}",
         f"--trainer.max_steps={total}",
         "--trainer.max_epochs=1",
         f"--trainer.val_check_interval={min(settings['eval_every'], total)}",

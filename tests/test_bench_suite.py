@@ -77,6 +77,8 @@ def test_vs_equal_verdict_floor_flag_and_still_weights():
         "weighting/equal": _runs(equal, move=0.0),
         "weighting/dwa": _runs(better, move=0.0),  # a dynamic method whose weights never moved
         "weighting/uncertainty": _runs(equal, move=0.2),
+        "weighting/mgda": _runs(better),
+        "weighting/mgda_ub": _runs(better),  # the same scores on every seed as mgda
     }
     summary = suite_report.summarise(results)
     # every seed +0.03..+0.05 on each task: the mean primary metric +0.04, interval above 0
@@ -92,6 +94,11 @@ def test_vs_equal_verdict_floor_flag_and_still_weights():
     assert "| weighting/dwa |" in text and "**never moved**" in text
     assert "+0.040 [" in text and "] better" in text
     assert "Δm% is unstable for bbc_topic" in text
+    # Identical seed by seed: dwa, mgda and mgda_ub; equal and uncertainty.
+    assert summary["weighting/mgda"]["same_as"] == ["weighting/dwa", "weighting/mgda_ub"]
+    assert summary["weighting/equal"]["same_as"] == ["weighting/uncertainty"]
+    assert "weighting/dwa = weighting/mgda = weighting/mgda_ub" in text
+    assert "same_as" not in summary["single/trec"]
 
 
 def test_findings_verdicts_from_paired_comparisons():
@@ -180,6 +187,7 @@ def test_resolved_config_is_the_merged_yaml_without_the_run_folder(tmp_path):
     assert config["model"]["init_args"]["weighting"]["init_args"]["lr"] == 1.0e-2
     assert config["model"]["init_args"]["encoder"]["init_args"]["keep_layers"] == [0, 1, 2]
     assert config["trainer"]["max_steps"] == 3 * settings["steps"]
+    assert config["trainer"]["accelerator"] == "cpu"  # --full: auto
     assert [c["class_path"].rsplit(".", 1)[1] for c in config["trainer"]["callbacks"]] == [
         "EarlyStopping",
         "ModelCheckpoint",
