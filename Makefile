@@ -57,8 +57,9 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# Refuses a tree with uncommitted changes; e.g. make bench BENCH_ARGS="--allow-dirty --only mtl"
 bench: setup
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf runs .mtlkit_cache .pytest_cache

@@ -31,8 +31,9 @@ from typing import Any
 import lightning as L
 from datasets import DatasetDict
 
+from benchmarks import stats
 from benchmarks._chinese_data import Preloaded, build_char_tokenizer, load_cached
-from benchmarks.common import delta_m, write_result
+from benchmarks.common import DELTA_M_FLOOR, delta_m, require_clean, write_result
 from mtlkit.callbacks import metric_rows
 from mtlkit.data import MultiTaskDataModule
 from mtlkit.data.sampling import Temperature
@@ -203,12 +204,23 @@ def summarise(runs: dict[str, list[dict[str, Any]]], primary: dict[str, str]) ->
         for s in range(seeds)
     ]
     defined = [v for v in per_seed if v is not None]
+    # Multi minus single, paired by seed (same seed: same initial weights and data order).
+    paired = {
+        t: stats.paired(dict(enumerate(mtl[t])), dict(enumerate(st[t]))).as_dict() for t in primary
+    }
     return {
         "metrics": table,
+        "paired_difference": paired,
+        "below_floor": [t for t in primary if st_mean[t] < DELTA_M_FLOOR],
         "delta_m_percent": delta_m(mtl_mean, st_mean),
         "delta_percent_per_task": per_task,
         "delta_m_percent_per_seed": _stats(defined) if defined else None,
     }
+
+
+def _paired(c: dict[str, Any]) -> str:
+    interval = "" if c["low"] is None else f" [{c['low']:+.3f}, {c['high']:+.3f}]"
+    return f"{c['mean']:+.3f}{interval} {c['verdict']}"
 
 
 def _signed(value: float | None) -> str:
@@ -217,16 +229,20 @@ def _signed(value: float | None) -> str:
 
 def markdown(payload: dict[str, Any]) -> str:
     primary = payload["primary_metrics"]
-    lines = ["| task | metric | single-task | multi-task | Δ% |", "|---|---|---|---|---|"]
+    lines = [
+        "| task | metric | single-task | multi-task | Δ% | Δ (multi - single, paired) |",
+        "|---|---|---|---|---|---|",
+    ]
     for task, settings in payload["metrics"].items():
         for metric in sorted(m for m in settings["single"] if m != "loss"):
             st, mtl = settings["single"][metric], settings["multi"][metric]
             is_primary = metric == primary[task]
             delta = _signed(payload["delta_percent_per_task"][task]) if is_primary else ""
+            absolute = _paired(payload["paired_difference"][task]) if is_primary else ""
             lines.append(
                 f"| {task} | {metric}{' (primary)' if is_primary else ''} "
                 f"| {st['mean']:.3f} ± {st['std']:.3f} | {mtl['mean']:.3f} ± {mtl['std']:.3f} "
-                f"| {delta} |"
+                f"| {delta} | {absolute} |"
             )
     cfg, seeds = payload["settings"], payload["delta_m_percent_per_seed"]
     per_seed = "n/a" if seeds is None else f"{seeds['mean']:+.2f} ± {seeds['std']:.2f}"
@@ -235,8 +251,14 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{cfg['seeds']} seed(s); BERT {cfg['layers']} layers x {cfg['hidden']} from scratch, "
         f"character vocabulary of {payload['vocab_size']} tokens; ST {cfg['st_steps']} steps "
         f"per task, MTL {payload['mtl_steps']} steps; batch {cfg['batch_size']}. "
-        f"Wall time: {payload['seconds']:.0f} s."
+        f"Wall time: {payload['seconds']:.0f} s. Paired Δ: mean difference over seeds with "
+        "its 95 % t interval; `better`/`worse` only when the interval excludes 0."
     )
+    if payload["below_floor"]:
+        lines.append(
+            f"\nΔ% and Δm% are unstable for {', '.join(payload['below_floor'])}: single-task "
+            f"score below {DELTA_M_FLOOR} (a near-zero denominator); read the paired Δ."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -288,7 +310,7 @@ def run(mode: str = "default") -> dict[str, Any]:
         **summary,
         "seconds": time.perf_counter() - start,
     }
-    write_result("chinese", payload, markdown(payload))
+    write_result("chinese", payload, markdown(payload), for_readme=mode != "smoke")
     return payload
 
 
@@ -297,7 +319,11 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--smoke", action="store_true", help="seconds: tiny encoder, one seed")
     group.add_argument("--full", action="store_true", help="4 x 256 encoder, longer (GPU)")
+    parser.add_argument(
+        "--allow-dirty", action="store_true", help="run from uncommitted changes (not for README)"
+    )
     args = parser.parse_args()
+    require_clean(args.allow_dirty or args.smoke, "benchmarks.chinese")
     print(markdown(run("smoke" if args.smoke else "full" if args.full else "default")))
 
 

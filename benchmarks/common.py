@@ -1,8 +1,14 @@
-"""What every benchmark shares: the result files (commit, machine, config), the Δm% measure and
-the shipped configs they start from."""
+"""What every benchmark shares: the result files and their provenance (commit, clean tree, config
+hash, machine), the Δm% measure and the shipped configs they start from.
+
+Provenance rules: a result is fit for the README (``"for_readme": true``) only when it was made
+from a clean tree at a recorded commit; :func:`require_clean` refuses a dirty tree unless the
+caller allows it, and :func:`write_result` marks what a dirty tree produced.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -19,6 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
+#: A single-task score below this makes the task's relative change (Δm%) unstable (a near-zero
+#: denominator): reports flag such a task and give the absolute difference beside it.
+DELTA_M_FLOOR = 0.2
+
+
 def delta_m(multi: Mapping[str, float], single: Mapping[str, float]) -> float | None:
     """Δm% (Maninis et al. 2019, "Attentive Single-Tasking of Multiple Tasks", as LibMTL and
     Nash-MTL report it): ``100 * mean over tasks of (multi - single) / single`` for
@@ -29,14 +40,70 @@ def delta_m(multi: Mapping[str, float], single: Mapping[str, float]) -> float | 
     return 100 * statistics.fmean(changes) if changes else None
 
 
-def commit() -> str:
-    """The current git commit (with ``-dirty`` when the tree has changes)."""
+def git_state(cwd: Path = ROOT) -> dict[str, Any]:
+    """``{"commit": full sha or "unknown", "dirty": bool}``: a tree is dirty when tracked files
+    differ from HEAD or untracked files that git does not ignore exist; a dirty tree also gets
+    ``"changes"``, a hash of its diff and status, so two different dirty states differ."""
     try:
-        sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD"]) != 0
-        return sha + ("-dirty" if dirty else "")
+        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=cwd, text=True).strip()
+        status = subprocess.check_output(
+            ["git", "status", "--porcelain", "--untracked-files=normal"], cwd=cwd, text=True
+        )
+        if not status.strip():
+            return {"commit": sha, "dirty": False}
+        diff = subprocess.check_output(["git", "diff", "HEAD", "--binary"], cwd=cwd)
     except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown", "dirty": True}
+    changes = hashlib.sha256(diff + status.encode()).hexdigest()[:16]
+    return {"commit": sha, "dirty": True, "changes": changes}
+
+
+def commit() -> str:
+    """The current git commit (short, with ``-dirty`` when the tree has changes)."""
+    state = git_state()
+    if state["commit"] == "unknown":
         return "unknown"
+    return state["commit"][:7] + ("-dirty" if state["dirty"] else "")
+
+
+def require_clean(allow_dirty: bool, what: str = "the benchmark") -> bool:
+    """Refuses (``SystemExit``) to run ``what`` from a dirty tree unless ``allow_dirty``; returns
+    whether the results may go into the README (a clean tree)."""
+    state = git_state()
+    if state["dirty"] and not allow_dirty:
+        raise SystemExit(
+            f"{what}: the git tree has uncommitted changes, so its results could not be traced to "
+            "a commit; commit them, or pass --allow-dirty (results then marked for_readme: false)"
+        )
+    return not state["dirty"]
+
+
+def config_hash(text: str) -> str:
+    """First 16 hex digits of the SHA-256 of a resolved config's text."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolved_config(args: list[str]) -> str:
+    """The CLI's ``--print_config`` text for ``mtlkit`` arguments ``args`` (``fit --config ...``):
+    the merged YAML after every override, with every default filled in."""
+    import contextlib
+    import io
+
+    from mtlkit.cli import cli_main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        cli_main([*args, "--print_config"])
+    return out.getvalue()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (e.g. a transfer benchmark's source checkpoint)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def machine() -> dict[str, Any]:
@@ -51,14 +118,26 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_result(name: str, payload: dict[str, Any], markdown: str) -> Path:
+def write_result(
+    name: str, payload: dict[str, Any], markdown: str, for_readme: bool = True
+) -> Path:
     """Writes ``results/<name>.json`` and ``results/<name>.md``; returns the JSON path.
 
+    The JSON records the commit, whether the tree was dirty, the machine and ``for_readme``:
+    ``for_readme`` and a clean tree (a smoke run or a partial run passes ``for_readme=False``).
     ``MTLKIT_RESULTS_DIR`` (read at call time) redirects them, e.g. to a test's temporary folder.
     """
     folder = Path(os.environ.get("MTLKIT_RESULTS_DIR") or RESULTS)
     folder.mkdir(parents=True, exist_ok=True)
-    payload = {"commit": commit(), "machine": machine(), **payload}
+    state = git_state()
+    provenance = {
+        "commit": state["commit"],
+        "dirty": state["dirty"],
+        "changes": state.get("changes"),
+        "for_readme": bool(for_readme and not state["dirty"]),
+        "machine": machine(),
+    }
+    payload = {**payload, **provenance}
     path = folder / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     (folder / f"{name}.md").write_text(markdown)

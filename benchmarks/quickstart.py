@@ -1,6 +1,9 @@
 """Runs ``configs/quickstart.yaml`` (what ``make demo`` runs) and records time and metrics.
 
 python -m benchmarks.quickstart            # writes benchmarks/results/quickstart.{json,md}
+
+Records the config's path and the hash of its resolved text (the CLI's ``--print_config``), and
+refuses a dirty tree unless ``--allow-dirty`` (results then not for the README).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmarks.common import write_result
+from benchmarks.common import config_hash, require_clean, resolved_config, write_result
 from mtlkit.callbacks import metric_rows
 from mtlkit.cli import cli_main
 
@@ -34,7 +37,12 @@ def markdown(rows: dict[str, dict[str, float]], seconds: float, mean: float) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(CONFIG))
+    parser.add_argument(
+        "--allow-dirty", action="store_true", help="run from uncommitted changes (not for README)"
+    )
     args = parser.parse_args()
+    require_clean(args.allow_dirty, "benchmarks.quickstart")
+    resolved = resolved_config(["fit", "--config", args.config])
     start = time.perf_counter()
     cli = cli_main(["fit", "--config", args.config])
     seconds = time.perf_counter() - start
@@ -46,6 +54,7 @@ def main() -> None:
         text = text.replace(f"| {task} | |", f"| {task} | {kind} |")
     payload = {
         "config": Path(args.config).name,
+        "config_hash": config_hash(resolved),
         "wall_seconds": round(seconds, 1),
         "global_steps": cli.trainer.global_step,
         "val": rows,

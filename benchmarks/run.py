@@ -1,25 +1,35 @@
 """``make bench``: single-task baselines, sampling strategies and weighting methods on real data.
 
     python -m benchmarks.run                  # the default CPU suite (see below for its time)
-    python -m benchmarks.run --full           # more steps, evaluation and seeds (for a GPU)
+    python -m benchmarks.run --full           # the whole MiniLM-L6, longer budgets (for a GPU)
     python -m benchmarks.run --only mtl       # one part: mtl, throughput, chinese
-    python -m benchmarks.run --rows single,sampling/t2 --seeds 1 --steps 10   # a quick check
+    python -m benchmarks.run --rows single/trec,weighting/dwa --seeds 2 --steps 10 --allow-dirty
 
-The English suite is ``configs/quickstart.yaml`` (MiniLM-L6 shared by TREC, BBC topic and the
+The English suite is ``configs/quickstart.yaml`` (MiniLM shared by TREC, BBC topic and the
 sentiment-rating regression) plus one small override per row, trained in-process through the
-CLI. Budget: a single-task run gets ``steps`` steps; a multi-task run gets the sum over its tasks
-(``3 * steps``), so every task could see as many examples as alone. Every multi-task row reports
-per-task validation metrics (the tasks' primary metrics: accuracy, accuracy, Pearson r), their
-mean, and Δm% (Maninis et al. 2019, as LibMTL and Nash-MTL report it): the mean over tasks of the
-relative change against the single-task baseline, in percent (all three metrics are
-higher-is-better), as mean ± std over seeds. Writes ``results/mtl_suite.{json,md,png}``;
-``--only throughput`` and ``--only chinese`` run :mod:`benchmarks.throughput` and
-:mod:`benchmarks.chinese`. The README tables are filled from the markdown files afterwards.
+CLI. Every row trains under validation model selection: validation every ``eval_every`` steps,
+early stopping on ``val/mean`` (the mean of the tasks' primary metrics; a single task's own
+metric) after ``patience`` validations without improvement, within a budget of ``steps`` steps
+per task (a multi-task row gets ``3 * steps``), and is scored on the TEST split with the best
+checkpoint; the steps each run used and its best step are recorded. Rows are compared seed by
+seed (:mod:`benchmarks.stats`, :mod:`benchmarks.suite_report`): against the single-task rows
+and against equal weighting, absolute differences and Δm%, with 95 % intervals and verdicts.
 
-Measured on the 2-core CPU (one torch thread per process): the English suite's 66 runs took
-5,168 s of training and evaluation in all (86 min of one core; two processes share the rows via
-the row files, as `make bench` does with --workers 2: ~45 min wall), the Chinese suite 296 s,
-throughput ~4 min.
+Provenance: a row's finished runs are cached under a key of the commit, the row's resolved
+config (the CLI's ``--print_config`` text, hashed) and the settings; the suite refuses a dirty
+tree unless ``--allow-dirty`` (then, like any partial run, the results are ``for_readme:
+false`` and the README is left alone).
+
+Default mode (CPU): MiniLM-L6's lower three layers (``HFEncoder(keep_layers=[0, 1, 2])``),
+short sequences, at most 40 steps per task, validation every 20 steps. Time estimate (not run;
+from a smoke run's per-step process CPU time, which :class:`benchmarks.recorder.RunRecorder`
+records for every run): one step costs ~0.2 s (TREC alone), ~0.5 s (BBC alone), ~0.3 s
+(homogeneous multi-task) and ~0.45-0.5 s (mixed batches, gradient methods on the representation
+included) of one core; a validation or test pass over 3 x 200 examples ~3 s; starting a run
+~6 s. At the full budget a seed costs ~40 s (single rows) + 4 x ~55 s (sampling) + 15 x ~75 s
+(weighting) + 22 x ~9 s (start, test) ~ 1,550 core-seconds, 5 seeds ~ 7,700: ~65 min on two
+cores (``--workers 2``), less where early stopping ends a row. ``--full`` keeps the whole model,
+the configs' lengths and 1,000 steps per task (for a GPU).
 """
 
 from __future__ import annotations
@@ -27,234 +37,105 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from benchmarks import common
+from benchmarks.common import ROOT, config_hash, git_state, machine, require_clean
+from benchmarks.suite_rows import MODES, cli_args, rows, seed_args
 
-from benchmarks.common import CONFIGS, RESULTS, ROOT, delta_m, write_result
-from mtlkit.testing.methods import MethodConfig, weighting_methods
-
-BASE = CONFIGS / "quickstart.yaml"
-PRIMARY = {"trec": "accuracy", "bbc_topic": "accuracy", "sentiment": "pearson"}
-MODES: dict[str, dict[str, Any]] = {
-    # CPU budget: BBC articles cut to 64 tokens (topic is clear from the start of an article),
-    # and gradient methods aggregate on the shared representation (on this CPU per-parameter
-    # gradients, one backward per task over 22M parameters, cost 3-5x a step).
-    "default": {
-        "steps": 20,
-        "seeds": 3,
-        "max_eval": 100,
-        "max_length": {"bbc_topic": 64},
-        "gradient_on": "representation",
-    },
-    # Each config's own settings.
-    "full": {"steps": 400, "seeds": 5, "max_eval": None, "max_length": {}, "gradient_on": None},
-}
-SAMPLING = {
-    "proportional": "mtlkit.data.sampling.Proportional",
-    "uniform": "mtlkit.data.sampling.Uniform",
-    "t2": ("mtlkit.data.sampling.Temperature", 2.0),
-    "t5": ("mtlkit.data.sampling.Temperature", 5.0),
-}
+CACHE = ROOT / ".mtlkit_cache" / "bench_rows"
 
 
-def _weighting_order(method: MethodConfig) -> tuple[bool, bool, str]:
-    """Equal weighting first, then the loss-level and the gradient methods, each by name."""
-    return method.is_gradient_method, method.name != "equal", method.name
-
-
-def rows() -> dict[str, dict[str, Any]]:
-    """Row name -> what it overrides on the base config."""
-    table: dict[str, dict[str, Any]] = {f"single/{t}": {"single": t} for t in PRIMARY}
-    for name, spec in SAMPLING.items():
-        cls, temperature = spec if isinstance(spec, tuple) else (spec, None)
-        sampling: dict[str, Any] = {"class_path": cls}
-        if temperature is not None:
-            sampling["init_args"] = {"temperature": temperature}
-        table[f"sampling/{name}"] = {"data": {"init_args": {"sampling": sampling}}}
-    # Weighting rows (every config of configs/weighting/) all use mixed batches, equal weighting
-    # included, so they differ from each other only in the method.
-    for method in sorted(weighting_methods().values(), key=_weighting_order):
-        row: dict[str, Any] = {"config": method.path, "mixed": True}
-        if method.is_gradient_method:
-            # Where a mode's ``gradient_on`` (MODES) applies: the default CPU suite aggregates
-            # on the shared representation, as MGDA-UB does; --full keeps the config's choice.
-            row["gradient_on"] = "representation"
-        table[f"weighting/{method.name}"] = row
-    return table
-
-
-def _mode_of(max_length: dict[str, int]) -> str:
-    """The mode whose BBC cut ``max_length`` is (for callers that pass only that)."""
-    return next(m for m, s in MODES.items() if s["max_length"] == max_length)
-
-
-def _override_files(
-    row: dict[str, Any], tmp: Path, max_length: dict[str, int], mode: str | None = None
-) -> list[str]:
-    """``--config`` arguments for one row: its tasks (with the mode's ``max_length`` cuts), its
-    data and weighting overrides, and the mode's ``gradient_on`` for gradient methods."""
-    gradient_on = MODES[mode or _mode_of(max_length)]["gradient_on"]
-    files: list[str] = []
-    base = yaml.safe_load(BASE.read_text())
-    tasks = [
-        t
-        for t in base["data"]["init_args"]["tasks"]
-        if row.get("single") in (None, t["init_args"]["name"])
-    ]
-    for task in tasks:
-        name = task["init_args"]["name"]
-        task["init_args"]["max_length"] = max_length.get(name, task["init_args"].get("max_length"))
-    path = tmp / "tasks.yaml"
-    path.write_text(yaml.safe_dump({"data": {"init_args": {"tasks": tasks}}}))
-    files.append(str(path))
-    if "data" in row:
-        path = tmp / "override.yaml"
-        path.write_text(yaml.safe_dump({"data": row["data"]}))
-        files.append(str(path))
-    if "config" in row:
-        files.append(str(row["config"]))
-    if "gradient_on" in row and gradient_on is not None:
-        path = tmp / "gradient_on.yaml"
-        weighting = {"weighting": {"init_args": {"works_on": gradient_on}}}
-        path.write_text(yaml.safe_dump({"model": {"init_args": weighting}}))
-        files.append(str(path))
-    return [arg for f in files for arg in ("--config", f)]
+def resolved_config(args: list[str], tmp: Path) -> str:
+    """The resolved config of ``args`` (:func:`benchmarks.common.resolved_config`) with the
+    run's temporary folder written as ``<tmp>``, so the text names the row, not the run."""
+    return common.resolved_config(args).replace(str(tmp), "<tmp>")
 
 
 def run_one(row: dict[str, Any], seed: int, mode: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Trains one row with one seed under ``mode``'s ``settings`` (:data:`MODES`, with the
-    command line's seeds/steps); returns validation metrics and wall time."""
+    """Trains one row with one seed under validation model selection and scores the selected
+    checkpoint on the test split; returns test metrics, steps used, the best step, the
+    validation curve, the weight trajectories and wall times."""
+    from benchmarks.recorder import RunRecorder
     from mtlkit.callbacks import metric_rows
     from mtlkit.cli import cli_main
-    from mtlkit.testing.trainer import quiet_cli_args
 
-    max_eval = settings["max_eval"]
-    n_tasks = 1 if "single" in row else len(PRIMARY)
-    total = settings["steps"] * n_tasks
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = _override_files(row, Path(tmp), settings["max_length"], mode)
-        args = ["fit", "--config", str(BASE), *overrides, *quiet_cli_args()]
-        args += [
-            f"--seed_everything={seed}",
-            "--trainer.callbacks=[]",
-            f"--trainer.max_steps={total}",
-            "--trainer.max_epochs=1",
-            f"--data.init_args.steps_per_epoch={total}",
-            f"--data.init_args.seed={seed}",
-        ]
-        if max_eval is not None:
-            args.append(f"--data.init_args.max_eval_examples={max_eval}")
-        if row.get("mixed"):
-            args.append("--data.init_args.batch_mode=mixed")
+        args = cli_args(row, mode, settings, Path(tmp)) + seed_args(seed)
         start = time.perf_counter()
         cli = cli_main(args)
-        seconds = time.perf_counter() - start
-    metrics = metric_rows(cli.trainer.callback_metrics, "val")
-    return {"seed": seed, "steps": total, "seconds": round(seconds, 1), "val": metrics}
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per row: primary metric per task and their mean (mean ± std over seeds), and Δm% against
-    the single-task baselines (computed per seed against the baselines' mean over seeds)."""
-    single = {
-        t: statistics.fmean(r["val"][t][m] for r in results[f"single/{t}"])
-        for t, m in PRIMARY.items()
-        if f"single/{t}" in results
+        fit_seconds = time.perf_counter() - start
+        trainer = cli.trainer
+        (recorder,) = [c for c in trainer.callbacks if isinstance(c, RunRecorder)]
+        start = time.perf_counter()
+        trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
+        test_seconds = time.perf_counter() - start
+        test = metric_rows(trainer.callback_metrics, "test")
+        sizes = {t: len(split["train"]) for t, split in cli.datamodule.splits.items()}
+    return {
+        "seed": seed,
+        "max_steps": trainer.max_steps,
+        "steps": trainer.global_step,
+        "seconds": round(fit_seconds, 1),
+        "test_seconds": round(test_seconds, 1),
+        "test": test,
+        "train_sizes": sizes,
+        **recorder.summary(),
     }
-    summary: dict[str, dict[str, Any]] = {}
-    for name, runs in results.items():
-        tasks = [t for t in PRIMARY if t in runs[0]["val"]]
-        per_task = {t: _mean_std([r["val"][t][PRIMARY[t]] for r in runs]) for t in tasks}
-        means = [statistics.fmean(r["val"][t][PRIMARY[t]] for t in tasks) for r in runs]
-        entry: dict[str, Any] = {"tasks": per_task, "mean": _mean_std(means)}
-        if not name.startswith("single/") and set(single) == set(tasks):
-            deltas = [delta_m({t: r["val"][t][PRIMARY[t]] for t in tasks}, single) for r in runs]
-            if None not in deltas:
-                entry["delta_m"] = _mean_std(deltas)
-        entry["seconds"] = statistics.fmean(r["seconds"] for r in runs)
-        summary[name] = entry
-    return summary
 
 
-def _cell(value: tuple[float, float] | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+def row_provenance(name: str, mode: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """What a row's results depend on: commit, the resolved config's hash, settings, machine;
+    ``key`` (their digest) names the row's cache file."""
+    row = rows()[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        text = resolved_config(cli_args(row, mode, settings, Path(tmp)), Path(tmp))
+    state = git_state()
+    provenance = {
+        "commit": state["commit"],
+        "dirty": state["dirty"],
+        "changes": state.get("changes"),  # what the dirty tree changed (None when clean)
+        "config_hash": config_hash(text),
+        "settings": settings,
+        "machine": machine(),
+    }
+    keyed = {k: provenance[k] for k in ("commit", "changes", "config_hash", "settings")}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+    return {**provenance, "key": digest}
 
 
-def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> str:
-    head = "| row | " + " | ".join(f"{t} {m}" for t, m in PRIMARY.items()) + " | mean | Δm% |"
-    lines = [head, "|" + "---|" * (len(PRIMARY) + 3)]
-    for name, entry in summary.items():
-        cells = [_cell(entry["tasks"].get(t)) for t in PRIMARY]
-        delta = _cell(entry.get("delta_m"), 2) if "delta_m" in entry else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_cell(entry['mean'])} | {delta} |")
-    lines.append(
-        f"\nMiniLM-L6, validation split (at most {settings['max_eval']} examples per task; "
-        f"max_length overrides {settings['max_length'] or 'none'}), "
-        f"{settings['seeds']} seeds (mean ± std). Single-task runs: {settings['steps']} steps of "
-        f"16; multi-task runs: {settings['steps'] * len(PRIMARY)} steps of 16. `sampling/*` rows: "
-        "equal weights, one task per batch; `weighting/*` rows: temperature sampling (T=2), every "
-        "task in every batch. Δm%: mean relative change of the primary metrics against the "
-        "single-task rows (higher is better)."
-    )
-    lines.append(sampling_verdict(summary))
-    return "\n".join(lines) + "\n"
+def _row_file(name: str, key: str) -> Path:
+    """Where one row's finished runs are kept (an interrupted suite resumes; several processes
+    share the rows); a new commit, config or setting gives a new key, so the row runs again."""
+    return CACHE / key / f"{name.replace('/', '__')}.json"
 
 
-def sampling_verdict(summary: dict[str, dict[str, Any]]) -> str:
-    """Does temperature sampling help the small tasks without hurting the large ones? Answered
-    from the numbers: each task's change against proportional sampling."""
-    ref = summary.get("sampling/proportional")
-    if ref is None:
-        return ""
-    parts = []
-    for row in ("sampling/t2", "sampling/t5", "sampling/uniform"):
-        if row in summary:
-            changes = ", ".join(
-                f"{t} {summary[row]['tasks'][t][0] - ref['tasks'][t][0]:+.3f}"
-                for t in PRIMARY
-                if t in ref["tasks"]
-            )
-            parts.append(f"{row.split('/')[1]}: {changes}")
-    return (
-        "\nChange of each task's primary metric against proportional sampling: "
-        + "; ".join(parts)
-        + "."
-    )
+def train_row(name: str, mode: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The row's record (provenance, wall time, runs), trained now unless cached."""
+    provenance = row_provenance(name, mode, settings)
+    path = _row_file(name, provenance["key"])
+    if path.exists():
+        return json.loads(path.read_text())
+    start, runs = time.perf_counter(), []
+    for seed in range(settings["seeds"]):
+        out = run_one(rows()[name], seed, mode, settings)
+        runs.append(
+            {**out, "commit": provenance["commit"], "config_hash": provenance["config_hash"]}
+        )
+        print(f"[bench] {name} seed {seed}: {out['steps']} steps, {out['seconds']} s", flush=True)
+    record = {**provenance, "wall_seconds": round(time.perf_counter() - start, 1), "runs": runs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return record
 
 
-def plot(summary: dict[str, dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n for n, e in summary.items() if "delta_m" in e]
-    means = [summary[n]["delta_m"][0] for n in names]
-    stds = [summary[n]["delta_m"][1] for n in names]
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
-    ax.barh(names, means, xerr=stds, color=["tab:blue" if m >= 0 else "tab:red" for m in means])
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.invert_yaxis()
-    ax.set_xlabel("Δm% against single-task (mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _row_file(name: str, settings: dict[str, Any]) -> Path:
-    """Where one row's finished runs are kept, so an interrupted suite resumes and several
-    processes can share the rows (keyed by the settings, so other settings start afresh)."""
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return ROOT / ".mtlkit_cache" / "bench_rows" / key / f"{name.replace('/', '__')}.json"
+def _settings(mode: str, seeds: int | None, steps: int | None) -> dict[str, Any]:
+    settings = dict(MODES[mode])
+    settings.update({k: v for k, v in {"seeds": seeds, "steps": steps}.items() if v is not None})
+    return settings
 
 
 def mtl_suite(
@@ -263,54 +144,29 @@ def mtl_suite(
     seeds: int | None,
     steps: int | None,
     write: bool = True,
+    for_readme: bool = True,
 ) -> Path | None:
-    """Trains every selected row (skipping rows already finished with the same settings) and,
-    with ``write``, summarises all rows into ``results/mtl_suite.*``."""
-    settings = dict(MODES[mode])
-    settings.update({k: v for k, v in {"seeds": seeds, "steps": steps}.items() if v is not None})
+    """Trains every selected row (skipping rows cached under the same key) and, with ``write``,
+    reports every row of the table into ``results/mtl_suite.*``."""
+    from benchmarks import suite_report
+
+    settings = _settings(mode, seeds, steps)
     table = rows()
     unknown = sorted(set(only_rows or []) - set(table))
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; rows are {list(table)}")
-    selected = {n: table[n] for n in only_rows} if only_rows else table  # in the order given
-    start = time.perf_counter()
-    for name, row in selected.items():
-        path = _row_file(name, settings)
-        if path.exists():
-            continue
-        runs = []
-        for seed in range(settings["seeds"]):
-            out = run_one(row, seed, mode, settings)
-            runs.append(out)
-            print(f"[bench] {name} seed {seed}: {out['seconds']} s", flush=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(runs))
+    selected = only_rows or list(table)  # in the order given
+    records = {name: train_row(name, mode, settings) for name in selected}
     if not write:
         return None
-    results = {
-        n: json.loads(_row_file(n, settings).read_text())
-        for n in table
-        if _row_file(n, settings).exists()
-    }
-    summary = summarise(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(summary, RESULTS / "mtl_suite.png")
-    payload = {
-        "mode": mode,
-        "settings": settings,
-        "base_config": str(BASE.relative_to(ROOT)),
-        "rows": {n: {k: str(v) for k, v in table[n].items()} for n in results},
-        "runs": results,
-        "summary": summary,
-        "train_seconds_total": round(
-            sum(r["seconds"] for runs in results.values() for r in runs), 1
-        ),
-        "wall_seconds_this_call": round(time.perf_counter() - start, 1),
-    }
-    return write_result("mtl_suite", payload, markdown(summary, settings))
+    # A partial table (some rows, other seeds or budgets) is never for the README.
+    for_readme = for_readme and only_rows is None and seeds is None and steps is None
+    return suite_report.write(records, mode, settings, {n: table[n] for n in records}, for_readme)
 
 
-def _train_rows_in_workers(workers: int, mode: str, seeds: int | None, steps: int | None):
+def _train_rows_in_workers(
+    workers: int, mode: str, seeds: int | None, steps: int | None, allow_dirty: bool
+) -> None:
     """Trains the English rows in ``workers`` processes of one thread each (on a small CPU
     that beats one process with several threads); each takes every ``workers``-th row."""
     import os
@@ -321,6 +177,7 @@ def _train_rows_in_workers(workers: int, mode: str, seeds: int | None, steps: in
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     extra = [f"--{k}={v}" for k, v in (("seeds", seeds), ("steps", steps)) if v is not None]
     extra += ["--full"] if mode == "full" else []
+    extra += ["--allow-dirty"] if allow_dirty else []
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "benchmarks.run", "--only", "mtl", "--no-summary", "--workers=1"]
@@ -334,7 +191,7 @@ def _train_rows_in_workers(workers: int, mode: str, seeds: int | None, steps: in
         raise SystemExit("a benchmark worker failed")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -342,14 +199,20 @@ def main() -> None:
     parser.add_argument("--only", choices=["mtl", "throughput", "chinese"], action="append")
     parser.add_argument("--rows", help="comma-separated rows of the English suite")
     parser.add_argument("--seeds", type=int)
-    parser.add_argument("--steps", type=int, help="steps per task")
+    parser.add_argument("--steps", type=int, help="most steps per task (early stopping)")
     parser.add_argument(
         "--workers", type=int, default=2, help="processes sharing the rows (1 torch thread each)"
     )
     parser.add_argument(
         "--no-summary", action="store_true", help="only train the rows (another call summarises)"
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="run from a tree with uncommitted changes (results marked for_readme: false)",
+    )
+    args = parser.parse_args(argv)
+    clean = require_clean(args.allow_dirty, "make bench")
     mode = "full" if args.full else "default"
     parts = args.only or ["throughput", "chinese", "mtl"]
     start = time.perf_counter()
@@ -364,11 +227,15 @@ def main() -> None:
     if "mtl" in parts:
         selected = args.rows.split(",") if args.rows else None
         if args.workers > 1 and selected is None:
-            _train_rows_in_workers(args.workers, mode, args.seeds, args.steps)
-        print(mtl_suite(mode, selected, args.seeds, args.steps, write=not args.no_summary))
-    from benchmarks import update_readme
+            _train_rows_in_workers(args.workers, mode, args.seeds, args.steps, args.allow_dirty)
+        print(mtl_suite(mode, selected, args.seeds, args.steps, not args.no_summary, clean))
+    if not args.no_summary:
+        from benchmarks import update_readme
 
-    update_readme.main()
+        try:
+            update_readme.main()
+        except SystemExit as refusal:  # the results are kept; only the README is not updated
+            print(f"[bench] README not updated: {refusal}")
     print(f"[bench] done in {time.perf_counter() - start:.0f} s")
 
 

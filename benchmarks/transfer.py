@@ -4,6 +4,10 @@
     python -m benchmarks.transfer --smoke         # tiny encoder, toy data, seconds (tests)
     python -m benchmarks.transfer --source runs/quickstart/checkpoints/last.ckpt
 
+The results record the source checkpoint by SHA-256 (and whether it was trained by this call);
+the multi-task start is compared with the pretrained start seed by seed (same training subset
+and data order), with a 95 % t interval and a verdict only where the interval excludes 0.
+
 The held-out task is SMS spam (``mtlkit.packaged.sms_spam``; the quickstart mixture of TREC, BBC
 topic and sentiment ratings never saw it), trained on 100, 500 and all 4,128 training messages
 (a different random subset per seed), from (a) the pretrained all-MiniLM-L6-v2 and (b) the
@@ -25,7 +29,8 @@ from typing import Any
 
 import lightning as L
 
-from benchmarks.common import RESULTS, write_result
+from benchmarks import stats
+from benchmarks.common import RESULTS, file_sha256, require_clean, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "runs" / "quickstart" / "checkpoints" / "last.ckpt"
@@ -173,20 +178,36 @@ def _label(size: str) -> str:
     return "all" if size == "None" else size
 
 
-def verdict(summary: dict[str, dict[str, list[float]]]) -> str:
-    """Where the multi-task start helps, per regime and size: the difference of the means, and
-    whether it exceeds the seeds' spread (the larger of the two standard deviations)."""
-    lines = []
+def paired_effects(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Multi-task start minus pretrained start, per regime and size, paired by seed (the same
+    seed draws the same training subset and data order for both starts): mean difference of
+    the test macro-F1 with its 95 % interval and verdict (:mod:`benchmarks.stats`)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for regime in REGIMES:
-        a, b = summary.get(f"pretrained/{regime}"), summary.get(f"multitask/{regime}")
-        if not a or not b:
-            continue
+        for size in sorted({str(r["size"]) for r in runs if r["regime"] == regime}):
+            by = {
+                init: {
+                    r["seed"]: r["macro_f1"]
+                    for r in runs
+                    if (r["init"], r["regime"], str(r["size"])) == (init, regime, size)
+                }
+                for init in INITS
+            }
+            if by["pretrained"] and by["multitask"]:
+                effect = stats.paired(by["multitask"], by["pretrained"]).as_dict()
+                out.setdefault(regime, {})[size] = effect
+    return out
+
+
+def verdict(effects: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Where the multi-task start helps, per regime and size: the paired difference with its
+    interval; ``better``/``worse`` only when the interval excludes 0."""
+    lines = []
+    for regime, sizes in effects.items():
         cells = []
-        for size in a:
-            diff = b[size][0] - a[size][0]
-            spread = max(a[size][1], b[size][1])
-            word = "helps" if diff > spread else "hurts" if -diff > spread else "no clear change"
-            cells.append(f"{_label(size)}: {diff:+.3f} ({word})")
+        for size, e in sizes.items():
+            interval = "" if e["low"] is None else f" [{e['low']:+.3f}, {e['high']:+.3f}]"
+            cells.append(f"{_label(size)}: {e['mean']:+.3f}{interval} ({e['verdict']})")
         lines.append(f"- {regime}: " + ", ".join(cells))
     return "\n".join(lines)
 
@@ -204,9 +225,10 @@ def markdown(summary: dict[str, dict[str, list[float]]], runs: list[dict[str, An
     lines.append(
         f"\nSMS spam test macro-F1 (516 messages), mean ± std over {seeds} seeds; batch 16. "
         "`pretrained`: all-MiniLM-L6-v2; `multitask`: its encoder after the quickstart "
-        "multi-task run (TREC, BBC topic, sentiment). Multi-task start minus pretrained start:"
+        "multi-task run (TREC, BBC topic, sentiment). Multi-task start minus pretrained start, "
+        "paired by seed, with its 95 % t interval:"
     )
-    lines.append(verdict(summary))
+    lines.append(verdict(paired_effects(runs)))
     return "\n".join(lines) + "\n"
 
 
@@ -250,7 +272,9 @@ def run(mode: str = "default", source: Path = SOURCE, regimes: list[str] | None 
     start = time.perf_counter()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
+        trained_now = not source.exists()
         source = ensure_source(source, smoke, Path(tmp))
+        source_sha256 = file_sha256(source)  # before the temporary folder goes
         for seed in range(settings["seeds"]):
             for size, steps in zip(settings["sizes"], settings["steps"], strict=True):
                 for init in INITS:
@@ -271,14 +295,20 @@ def run(mode: str = "default", source: Path = SOURCE, regimes: list[str] | None 
         "settings": settings,
         "learning_rates": LR,
         "head_learning_rates": HEAD_LR,
-        "source": str(source) if not smoke else "tiny",
+        "source": {
+            "path": str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source),
+            "sha256": source_sha256,
+            "trained_now": trained_now,
+        },
         "runs": runs,
         "summary": summary,
+        "effects": paired_effects(runs),
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
-    return write_result(
-        "transfer" if not smoke else "transfer_smoke", payload, markdown(summary, runs)
-    )
+    name = "transfer" if not smoke else "transfer_smoke"
+    # A smoke run or a subset of the regimes is never for the README.
+    for_readme = not smoke and regimes is None
+    return write_result(name, payload, markdown(summary, runs), for_readme=for_readme)
 
 
 def main() -> None:
@@ -289,7 +319,11 @@ def main() -> None:
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--source", type=Path, default=SOURCE)
     parser.add_argument("--regimes", help=f"comma-separated subset of {REGIMES}")
+    parser.add_argument(
+        "--allow-dirty", action="store_true", help="run from uncommitted changes (not for README)"
+    )
     args = parser.parse_args()
+    require_clean(args.allow_dirty or args.smoke, "benchmarks.transfer")
     mode = "smoke" if args.smoke else "full" if args.full else "default"
     regimes = args.regimes.split(",") if args.regimes else None
     print(run(mode, args.source, regimes))

@@ -7,9 +7,12 @@
 Every config of ``configs/weighting/`` (gradient methods on the shared representation and, with
 the tiny encoder, on the parameters). Same batches for every method (mixed batches: every task
 in every step), 2, 4 and 8 tasks; one step = forward, the method, backward, optimizer step.
-Methods are timed in interleaved rounds and the fastest round is kept (a new method order every
-round; the minimum is the estimate least disturbed by other load on the machine). Writes
-``benchmarks/results/weighting_overhead.{json,md}``.
+Methods are timed in interleaved rounds (a new method order every round); a method's overhead is
+the median over rounds of its time divided by equal weighting's time in the same round, with a
+95 % percentile bootstrap interval of that median (:func:`benchmarks.stats.paired_ratio`), and a
+target counts as ``met`` only when the whole interval lies at or below it (``not met`` when it
+lies above, ``inconclusive`` when it straddles it). Writes
+``benchmarks/results/weighting_overhead.{json,md}`` with every round's times and the settings.
 
 ``--autogram`` compares, on the tiny encoder, the Gramian-based configs on the parameters with
 ``gramian: explicit`` (T backward passes, ``[T, P]`` gradients) and ``gramian: autogram``
@@ -22,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import write_result
+from benchmarks import stats
+from benchmarks.common import require_clean, write_result
 from mtlkit.data import InMemory
 from mtlkit.model import HFEncoder
 from mtlkit.paths import MINILM
@@ -104,7 +109,10 @@ def time_steps(model: MultiTaskModule, batch: dict, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def measure(encoder, vocab, tasks, per_task, length, steps, rounds, methods) -> dict[str, float]:
+def measure(
+    encoder, vocab, tasks, per_task, length, steps, rounds, methods
+) -> dict[str, list[float]]:
+    """Seconds per step of each method in each round (same batch, interleaved)."""
     batch = make_batch(tasks, per_task, length, vocab)
     models = {name: build(encoder, tasks, METHODS[name][1]()) for name in methods}
     for model in models.values():
@@ -115,7 +123,12 @@ def measure(encoder, vocab, tasks, per_task, length, steps, rounds, methods) -> 
         # A new order every round, so no method always runs first (cold caches) or last.
         for i in torch.randperm(len(order), generator=torch.Generator().manual_seed(r)).tolist():
             times[order[i]].append(time_steps(models[order[i]], batch, steps))
-    return {name: min(v) for name, v in times.items()}
+    return times
+
+
+def overhead(times: dict[str, list[float]], name: str) -> dict:
+    """``name``'s per-round time over equal weighting's: median, interval, verdict."""
+    return stats.paired_ratio(dict(enumerate(times[name])), dict(enumerate(times["equal"])))
 
 
 def gramian_error(tasks: int, per_task: int, length: int, steps: int = 3) -> float:
@@ -186,22 +199,34 @@ def autogram_report(
         )
 
 
+def verdict(row: dict) -> str:
+    """The target's verdict from the ratio's interval (empty where no target applies)."""
+    target = TARGETS.get(row["kind"])
+    if target is None or (row["kind"] == "representation" and row["tasks"] != 8):
+        return ""
+    return stats.within(stats.Comparison(**row["ratio"]), target)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| encoder | tasks | method | kind | s/step | vs equal | target | met |",
+        "| encoder | tasks | method | kind | s/step (median) | vs equal [95 % interval] | target "
+        "| met |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         target = TARGETS.get(r["kind"])
-        met = (
-            ""
-            if target is None or (r["kind"] == "representation" and r["tasks"] != 8)
-            else ("yes" if r["ratio"] <= target else "no")
-        )
+        ratio = r["ratio"]
+        interval = "" if ratio["low"] is None else f" [{ratio['low']:.2f}, {ratio['high']:.2f}]"
         lines.append(
-            f"| {r['encoder']} | {r['tasks']} | {r['method']} | {r['kind']} | {r['seconds']:.4f} "
-            f"| {r['ratio']:.2f}x | {'' if target is None else f'{target}x'} | {met} |"
+            f"| {r['encoder']} | {r['tasks']} | {r['method']} | {r['kind']} "
+            f"| {r['seconds']:.4f} | {ratio['mean']:.2f}x{interval} "
+            f"| {'' if target is None else f'{target}x'} | {verdict(r)} |"
         )
+    lines.append(
+        "\nvs equal: median over interleaved rounds of the per-round time ratio to equal "
+        "weighting, with a percentile bootstrap interval; `met` only when the interval lies at "
+        "or below the target, `inconclusive` when it straddles it."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -212,7 +237,12 @@ def main() -> None:
         "--autogram", action="store_true", help="explicit vs autogram Gramian (tiny encoder)"
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds of --autogram")
+    parser.add_argument(
+        "--allow-dirty", action="store_true", help="run from uncommitted changes (not for README)"
+    )
     args = parser.parse_args()
+    if not args.autogram:
+        require_clean(args.allow_dirty, "benchmarks.weighting_overhead")
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     if args.autogram:
         autogram_report(rounds=args.rounds)
@@ -224,25 +254,32 @@ def main() -> None:
     for label, encoder, vocab, per_task, length, steps, rounds in setups:
         for tasks in (2, 4, 8):
             methods = [m for m in METHODS if not (label != "tiny" and m.endswith("/params"))]
-            result = measure(encoder, vocab, tasks, per_task, length, steps, rounds, methods)
-            for name, seconds in result.items():
+            times = measure(encoder, vocab, tasks, per_task, length, steps, rounds, methods)
+            for name, seconds in times.items():
                 rows.append(
                     {
                         "encoder": label,
                         "tasks": tasks,
                         "method": name,
                         "kind": METHODS[name][0],
-                        "seconds": seconds,
-                        "ratio": seconds / result["equal"],
+                        "seconds": statistics.median(seconds),
+                        "rounds": seconds,
+                        "ratio": overhead(times, name).as_dict(),
                     }
                 )
             print(markdown([r for r in rows if r["encoder"] == label and r["tasks"] == tasks]))
+    settings = {
+        label: {"vocab": vocab, "per_task": per_task, "length": length, "steps": steps,
+                "rounds": rounds, "tasks": [2, 4, 8]}
+        for label, _, vocab, per_task, length, steps, rounds in setups
+    }  # fmt: skip
     payload = {
         "targets": TARGETS,
+        "settings": {**settings, "quick": args.quick, "torch_threads": torch.get_num_threads()},
         "rows": rows,
-        "note": "fastest of the rounds; mixed batches of per_task examples per task",
+        "note": "per-round seconds per step; mixed batches of per_task examples per task",
     }
-    path = write_result("weighting_overhead", payload, markdown(rows))
+    path = write_result("weighting_overhead", payload, markdown(rows), for_readme=not args.quick)
     summary = markdown([r for r in rows if r["tasks"] == 8])  # the README shows 8 tasks
     (path.parent / "weighting_overhead_8tasks.md").write_text(summary)
     print(path)

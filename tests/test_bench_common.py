@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import run
+from benchmarks import run, suite_rows
 from benchmarks.common import delta_m
 from mtlkit.testing.trainer import QUIET, quiet_cli_args, quiet_trainer
 
@@ -40,7 +40,7 @@ def test_gradient_on_comes_from_the_mode_not_from_max_length(tmp_path, mode, exp
     """The mode is explicit: a default-mode run with no length cuts still aggregates on the
     representation, and the full mode never does."""
     row = run.rows()["weighting/pcgrad"]
-    args = run._override_files(row, tmp_path, {}, mode)
+    args = suite_rows._override_files(row, tmp_path, {}, mode)
     written = [Path(a) for a in args if a.endswith("gradient_on.yaml")]
     assert bool(written) is expected
     if written:

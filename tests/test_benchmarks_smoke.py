@@ -21,6 +21,14 @@ def test_throughput_smoke(results_dir):
     assert json.loads((results_dir / "throughput.json").read_text())["mode"] == "smoke"
     assert "| mtlkit_logged |" in (results_dir / "throughput.md").read_text()
     assert payload["same_batches"] and payload["headline"]["step_time_ratio"] > 0
+    head = payload["headline"]
+    low, high = head["loop_time_ratio_interval"]
+    assert low <= head["loop_time_ratio"] <= high and head["rounds"] == 2
+    assert head["target"] in ("met", "not met", "inconclusive")
+    assert head["within_target"] == (head["target"] == "met")
+    saved = json.loads((results_dir / "throughput.json").read_text())
+    assert saved["for_readme"] is False  # a smoke run
+    assert (results_dir / "throughput.md").read_text().startswith("Headline (tiny)")
     sides = payload["runs"]["tiny"]["sides"]
     assert list(sides) == throughput.ALL_SIDES
     for side in sides.values():
@@ -63,6 +71,8 @@ def test_chinese_smoke(results_dir):
                 assert len(stats["values"]) == cfg["seeds"] and stats["std"] >= 0
                 upper = float("inf") if metric == "loss" else 1.0
                 assert all(0 <= v <= upper for v in stats["values"]), (task, metric)
+    for task, paired in payload["paired_difference"].items():
+        assert paired["n"] == cfg["seeds"] and paired["verdict"], task
     deltas = [d for d in payload["delta_percent_per_task"].values() if d is not None]
     if deltas:
         assert payload["delta_m_percent"] == pytest.approx(sum(deltas) / len(deltas))
@@ -80,6 +90,11 @@ def test_delta_m_on_hand_made_numbers():
     # Seed 0: a +20%, b -50% -> -15%. Seed 1: a -20%, b undefined (ST 0) -> -20%.
     assert summary["delta_m_percent_per_seed"]["values"] == pytest.approx([-15.0, -20.0])
     assert summary["metrics"]["b"]["multi"]["f1"]["mean"] == pytest.approx(0.1)
+    # b's single-task score (0.1) is below the floor: flagged; the paired absolute differences
+    # stand beside it: a 0.6 - 0.5 = +0.1, 0.4 - 0.5 = -0.1 (mean 0); b -0.1, +0.1 (mean 0).
+    assert summary["below_floor"] == ["b"]
+    assert summary["paired_difference"]["a"]["mean"] == pytest.approx(0.0)
+    assert summary["paired_difference"]["b"]["verdict"] == "no difference"
 
 
 def test_char_tokenizer(tmp_path):

@@ -1,0 +1,252 @@
+"""The English suite's report: per-row test scores, paired comparisons with intervals and
+verdicts (:mod:`benchmarks.stats`), weight trajectories, and the check against published
+findings, written as ``results/mtl_suite.{json,md,png}``, ``mtl_suite_weights.png`` and
+``findings.md``."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from benchmarks import stats
+from benchmarks.common import CONFIGS, DELTA_M_FLOOR, ROOT, delta_m, write_result
+from benchmarks.recorder import STILL_TOLERANCE, plot_trajectories
+
+PRIMARY = {"trec": "accuracy", "bbc_topic": "accuracy", "sentiment": "pearson"}
+FLOOR = DELTA_M_FLOOR
+#: Rows whose weights are constant by design (not flagged when they never move).
+FIXED = {"weighting/equal", "weighting/static"}
+Runs = Mapping[str, list[dict[str, Any]]]
+
+
+def _scores(runs: list[dict[str, Any]], task: str) -> dict[int, float]:
+    return {r["seed"]: r["test"][task][PRIMARY[task]] for r in runs if task in r["test"]}
+
+
+def _mean_score(runs: list[dict[str, Any]], tasks: list[str]) -> dict[int, float]:
+    return {r["seed"]: statistics.fmean(r["test"][t][PRIMARY[t]] for t in tasks) for r in runs}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _single(results: Runs) -> dict[str, dict[int, float]]:
+    """Each task's single-task test score by seed."""
+    return {t: _scores(results[f"single/{t}"], t) for t in PRIMARY if f"single/{t}" in results}
+
+
+def versus_single(runs: list[dict[str, Any]], single: dict[str, dict[int, float]]) -> dict:
+    """Paired against the single-task rows on the same seeds: the mean primary metric's
+    absolute difference and Δm% (per seed against that seed's baselines), each with an
+    interval; tasks whose single-task score is below :data:`FLOOR` are flagged."""
+    tasks = list(single)
+    seeds = [r["seed"] for r in runs if all(r["seed"] in single[t] for t in tasks)]
+    by_seed = {r["seed"]: r for r in runs}
+    row_mean = {
+        s: statistics.fmean(by_seed[s]["test"][t][PRIMARY[t]] for t in tasks) for s in seeds
+    }
+    base_mean = {s: statistics.fmean(single[t][s] for t in tasks) for s in seeds}
+    deltas = {
+        s: delta_m(
+            {t: by_seed[s]["test"][t][PRIMARY[t]] for t in tasks}, {t: single[t][s] for t in tasks}
+        )
+        for s in seeds
+    }
+    low = [t for t in tasks if statistics.fmean(single[t].values()) < FLOOR]
+    out = {"absolute": stats.paired(row_mean, base_mean).as_dict(), "below_floor": low}
+    if None not in deltas.values():
+        out["delta_m"] = stats.paired(deltas, dict.fromkeys(seeds, 0.0)).as_dict()
+    return out
+
+
+def summarise(results: Runs) -> dict[str, dict[str, Any]]:
+    """Per row: test primary metric per task and their mean (mean ± std over seeds), steps used
+    and best step, the largest weight move, and paired comparisons against the single-task rows
+    and (weighting rows) against equal weighting."""
+    single = _single(results)
+    summary: dict[str, dict[str, Any]] = {}
+    for name, runs in results.items():
+        tasks = [t for t in PRIMARY if t in runs[0]["test"]]
+        entry: dict[str, Any] = {
+            "tasks": {t: _mean_std(list(_scores(runs, t).values())) for t in tasks},
+            "mean": _mean_std(list(_mean_score(runs, tasks).values())),
+            "steps": statistics.fmean(r["steps"] for r in runs),
+            "best_step": statistics.fmean(r["best_step"] or 0 for r in runs),
+            "max_steps": runs[0]["max_steps"],
+            "max_weight_move": max(r["max_weight_move"] for r in runs),
+            "seconds": statistics.fmean(r["seconds"] for r in runs),
+        }
+        multi = not name.startswith("single/")
+        entry["weights_still"] = (
+            multi and name not in FIXED and (entry["max_weight_move"] < STILL_TOLERANCE)
+        )
+        if multi and set(single) == set(tasks):
+            entry["vs_single"] = versus_single(runs, single)
+        equal = results.get("weighting/equal")
+        if name.startswith("weighting/") and name != "weighting/equal" and equal:
+            entry["vs_equal"] = stats.paired(
+                _mean_score(runs, tasks), _mean_score(equal, tasks)
+            ).as_dict()
+        summary[name] = entry
+    for name, twins in identical_rows(results).items():
+        summary[name]["same_as"] = twins
+    return summary
+
+
+def identical_rows(results: Runs) -> dict[str, list[str]]:
+    """Rows whose every seed scored exactly what another row's did on every task and metric
+    (e.g. a dynamic method that reduced to a fixed one): row -> the rows it equals."""
+
+    def fingerprint(runs: list[dict[str, Any]]) -> str:
+        return repr(sorted((r["seed"], sorted(r["test"].items())) for r in runs))
+
+    groups: dict[str, list[str]] = {}
+    for name, runs in results.items():
+        groups.setdefault(fingerprint(runs), []).append(name)
+    return {n: [m for m in g if m != n] for g in groups.values() if len(g) > 1 for n in g}
+
+
+def _cell(value: tuple[float, float] | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+
+
+def _interval(c: Mapping[str, Any] | None, digits: int = 3, verdict: bool = True) -> str:
+    """``+0.012 [-0.004, +0.028] no difference`` (``-`` when absent)."""
+    if not c:
+        return "-"
+    text = f"{c['mean']:+.{digits}f}"
+    if c["low"] is not None:
+        text += f" [{c['low']:+.{digits}f}, {c['high']:+.{digits}f}]"
+    return text + (f" {c['verdict']}" if verdict else "")
+
+
+def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> str:
+    head = " | ".join(f"{t} {m}" for t, m in PRIMARY.items())
+    lines = [
+        f"| row | {head} | mean | vs single: Δ mean | Δm% | vs equal: Δ mean | steps (best) "
+        "| weights |",
+        "|" + "---|" * (len(PRIMARY) + 7),
+    ]
+    for name, e in summary.items():
+        cells = [_cell(e["tasks"].get(t)) for t in PRIMARY]
+        vs = e.get("vs_single", {})
+        weights = (
+            "fixed"
+            if name in FIXED or name.startswith(("single/", "sampling/"))
+            else "**never moved**"
+            if e["weights_still"]
+            else f"moved {e['max_weight_move']:.3g}"
+        )
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {_cell(e['mean'])} "
+            f"| {_interval(vs.get('absolute'))} | {_interval(vs.get('delta_m'), 1, False)} "
+            f"| {_interval(e.get('vs_equal'))} | {e['steps']:.0f} ({e['best_step']:.0f}) "
+            f"| {weights} |"
+        )
+    floors = sorted(
+        {t for e in summary.values() for t in e.get("vs_single", {}).get("below_floor", [])}
+    )
+    layers = settings.get("keep_layers")
+    lines.append(
+        f"\nMiniLM-L6{f' (layers {layers})' if layers else ''}; TEST split (at most "
+        f"{settings['max_eval']} examples per task) scored with the checkpoint of the best "
+        f"validation `val/mean`; validation every {settings['eval_every']} steps, early "
+        f"stopping after {settings['patience']} validations without improvement, at most "
+        f"{settings['steps']} steps of 16 per task (multi-task rows "
+        f"{settings['steps'] * len(PRIMARY)}); `steps (best)`: steps trained and the selected "
+        f"step, mean over seeds. {settings['seeds']} seeds; scores mean ± std. Comparisons are "
+        "paired by seed (same data order and initial heads): mean difference with its 95 % "
+        "Student t interval; a verdict `better`/`worse` only when the interval excludes 0. "
+        "`Δ mean`: change of the mean primary metric (absolute); Δm%: mean relative change "
+        "against the single-task rows (Maninis et al. 2019). `weights`: the largest move of any "
+        f"task weight from its start; **never moved** (< {STILL_TOLERANCE}) flags a dynamic "
+        "method that acted as a fixed one."
+    )
+    twins = sorted(
+        {" = ".join(sorted([n, *e["same_as"]])) for n, e in summary.items() if e.get("same_as")}
+    )
+    if twins:
+        lines.append(
+            f"\nIdentical seed by seed (one row reduced to the other): {'; '.join(twins)}."
+        )
+    if floors:
+        lines.append(
+            f"\nΔm% is unstable for {', '.join(floors)}: single-task score below {FLOOR}; "
+            "read the absolute differences."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, dict[str, Any]], path: Path) -> None:
+    """Δm% per row with its 95 % interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = {
+        n: e["vs_single"]["delta_m"]
+        for n, e in summary.items()
+        if "delta_m" in e.get("vs_single", {})
+    }
+    names = list(entries)
+    means = [entries[n]["mean"] for n in names]
+    errors = [
+        [
+            m - (entries[n]["low"] if entries[n]["low"] is not None else m)
+            for n, m in zip(names, means, strict=True)
+        ],
+        [
+            (entries[n]["high"] if entries[n]["high"] is not None else m) - m
+            for n, m in zip(names, means, strict=True)
+        ],
+    ]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
+    ax.barh(names, means, xerr=errors, color=["tab:blue" if m >= 0 else "tab:red" for m in means])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("Δm% against single-task (paired by seed, 95 % t interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(
+    records: Mapping[str, dict[str, Any]],
+    mode: str,
+    settings: dict[str, Any],
+    overrides: Mapping[str, dict[str, Any]],
+    for_readme: bool,
+) -> Path:
+    """Writes ``results/mtl_suite.*``, the weight-trajectory plot and ``findings.md``."""
+    from benchmarks import findings
+
+    results = {n: r["runs"] for n, r in records.items()}
+    summary = summarise(results)
+    verdicts = findings.check(results)
+    rows = {
+        n: {
+            "overrides": {k: str(v) for k, v in overrides[n].items()},
+            **{k: v for k, v in r.items() if k != "runs"},
+        }
+        for n, r in records.items()
+    }
+    payload = {
+        "mode": mode,
+        "settings": settings,
+        "base_config": str((CONFIGS / "quickstart.yaml").relative_to(ROOT)),
+        "rows": rows,
+        "runs": results,
+        "summary": summary,
+        "findings": verdicts,
+        "train_seconds_total": round(sum(r["seconds"] for v in results.values() for r in v), 1),
+    }
+    path = write_result("mtl_suite", payload, markdown(summary, settings), for_readme)
+    plot(summary, path.with_suffix(".png"))
+    trajectories = {n: v[0]["weights"] for n, v in results.items() if n.startswith("weighting/")}
+    plot_trajectories(trajectories, path.parent / "mtl_suite_weights.png")
+    (path.parent / "findings.md").write_text(findings.markdown(verdicts))
+    return path

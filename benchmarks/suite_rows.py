@@ -1,0 +1,182 @@
+"""The English suite's rows and how one row becomes ``mtlkit fit`` arguments: the base config
+(``configs/quickstart.yaml``), the modes, the per-row overrides (tasks and length cuts, encoder
+layers, sampling, weighting configs and their settings) and the model-selection callbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import CONFIGS
+from benchmarks.suite_report import PRIMARY
+from mtlkit.testing.methods import MethodConfig, weighting_methods
+
+BASE = CONFIGS / "quickstart.yaml"
+MODES: dict[str, dict[str, Any]] = {
+    # CPU budget: the encoder's lower three layers, sequences cut (a BBC article's topic is
+    # clear from its start), gradient methods aggregating on the shared representation (on this
+    # CPU per-parameter gradients, one backward per task, cost 3-5x a step).
+    "default": {
+        "steps": 40,
+        "eval_every": 20,
+        "patience": 3,
+        "seeds": 5,
+        "max_eval": 200,
+        "max_length": {"trec": 32, "bbc_topic": 48, "sentiment": 48},
+        "keep_layers": [0, 1, 2],
+        "gradient_on": "representation",
+        "accelerator": "cpu",
+    },
+    # The whole model and each config's own settings (for a GPU).
+    "full": {
+        "steps": 1000,
+        "eval_every": 100,
+        "patience": 5,
+        "seeds": 5,
+        "max_eval": None,
+        "max_length": {},
+        "keep_layers": None,
+        "gradient_on": None,
+        "accelerator": "auto",  # the quickstart config says cpu; --full is meant for a GPU
+    },
+}
+#: Settings under which a dynamic method acts within the suite's budget (the shipped configs
+#: suit long runs). Uncertainty (Kendall et al. 2018): the log-variances get their own learning
+#: rate; at the encoder's 1e-4 Adam moves them < 0.05 in a few hundred steps, so the row would
+#: be static weighting. DWA (Liu et al. 2019): the paper's period is an epoch, many per run; a
+#: 10-step window gives tens of windows instead of one.
+METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "uncertainty": {"lr": 1.0e-2},
+    "dwa": {"window_steps": 10},
+}
+SAMPLING = {
+    "proportional": "mtlkit.data.sampling.Proportional",
+    "uniform": "mtlkit.data.sampling.Uniform",
+    "t2": ("mtlkit.data.sampling.Temperature", 2.0),
+    "t5": ("mtlkit.data.sampling.Temperature", 5.0),
+}
+
+
+def _weighting_order(method: MethodConfig) -> tuple[bool, bool, str]:
+    """Equal weighting first, then the loss-level and the gradient methods, each by name."""
+    return method.is_gradient_method, method.name != "equal", method.name
+
+
+def rows() -> dict[str, dict[str, Any]]:
+    """Row name -> what it overrides on the base config."""
+    table: dict[str, dict[str, Any]] = {f"single/{t}": {"single": t} for t in PRIMARY}
+    for name, spec in SAMPLING.items():
+        cls, temperature = spec if isinstance(spec, tuple) else (spec, None)
+        sampling: dict[str, Any] = {"class_path": cls}
+        if temperature is not None:
+            sampling["init_args"] = {"temperature": temperature}
+        table[f"sampling/{name}"] = {"data": {"init_args": {"sampling": sampling}}}
+    # Weighting rows (every config of configs/weighting/) all use mixed batches, equal weighting
+    # included, so they differ from each other only in the method.
+    for method in sorted(weighting_methods().values(), key=_weighting_order):
+        row: dict[str, Any] = {"config": method.path, "mixed": True}
+        if method.is_gradient_method:
+            # Where a mode's ``gradient_on`` (MODES) applies: the default CPU suite aggregates
+            # on the shared representation, as MGDA-UB does; --full keeps the config's choice.
+            row["gradient_on"] = "representation"
+        if method.name in METHOD_SETTINGS:
+            row["weighting"] = METHOD_SETTINGS[method.name]
+        table[f"weighting/{method.name}"] = row
+    return table
+
+
+def _mode_of(max_length: dict[str, int]) -> str:
+    """The mode whose length cuts ``max_length`` are (for callers that pass only those)."""
+    return next(m for m, s in MODES.items() if s["max_length"] == max_length)
+
+
+def _dump(tmp: Path, name: str, content: dict[str, Any]) -> str:
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(content))
+    return str(path)
+
+
+def _override_files(
+    row: dict[str, Any], tmp: Path, max_length: dict[str, int], mode: str | None = None
+) -> list[str]:
+    """``--config`` arguments for one row: its tasks (with the mode's ``max_length`` cuts), the
+    mode's encoder layers, its data and weighting overrides, and the mode's ``gradient_on`` for
+    gradient methods."""
+    settings = MODES[mode or _mode_of(max_length)]
+    files: list[str] = []
+    base = yaml.safe_load(BASE.read_text())
+    tasks = [
+        t
+        for t in base["data"]["init_args"]["tasks"]
+        if row.get("single") in (None, t["init_args"]["name"])
+    ]
+    for task in tasks:
+        name = task["init_args"]["name"]
+        task["init_args"]["max_length"] = max_length.get(name, task["init_args"].get("max_length"))
+    files.append(_dump(tmp, "tasks", {"data": {"init_args": {"tasks": tasks}}}))
+    if settings["keep_layers"] is not None:
+        encoder = {"encoder": {"init_args": {"keep_layers": settings["keep_layers"]}}}
+        files.append(_dump(tmp, "encoder", {"model": {"init_args": encoder}}))
+    if "data" in row:
+        files.append(_dump(tmp, "override", {"data": row["data"]}))
+    if "config" in row:
+        files.append(str(row["config"]))
+    weighting: dict[str, Any] = dict(row.get("weighting", {}))
+    if "gradient_on" in row and settings["gradient_on"] is not None:
+        weighting["works_on"] = settings["gradient_on"]
+    if weighting:
+        name = "gradient_on" if list(weighting) == ["works_on"] else "weighting"
+        content = {"model": {"init_args": {"weighting": {"init_args": weighting}}}}
+        files.append(_dump(tmp, name, content))
+    return [arg for f in files for arg in ("--config", f)]
+
+
+def _callbacks(tmp: Path, monitor: str, patience: int) -> str:
+    """Early stopping and best-checkpoint selection on ``monitor``, plus the run recorder."""
+    callbacks = [
+        {
+            "class_path": "lightning.pytorch.callbacks.EarlyStopping",
+            "init_args": {"monitor": monitor, "mode": "max", "patience": patience},
+        },
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "monitor": monitor,
+                "mode": "max",
+                "save_top_k": 1,
+                "save_weights_only": True,
+                "dirpath": str(tmp / "checkpoints"),
+            },
+        },
+        {"class_path": "benchmarks.recorder.RunRecorder", "init_args": {"monitor": monitor}},
+    ]
+    return _dump(tmp, "callbacks", {"trainer": {"callbacks": callbacks}})
+
+
+def cli_args(row: dict[str, Any], mode: str, settings: dict[str, Any], tmp: Path) -> list[str]:
+    """The ``mtlkit fit`` arguments of one row (without the seed: see :func:`seed_args`)."""
+    from mtlkit.testing.trainer import quiet_cli_args
+
+    n_tasks = 1 if "single" in row else len(PRIMARY)
+    total = settings["steps"] * n_tasks
+    args = ["fit", "--config", str(BASE), *_override_files(row, tmp, settings["max_length"], mode)]
+    args += [*quiet_cli_args(), "--trainer.enable_checkpointing=true", "--trainer.callbacks=[]"]
+    args += ["--config", _callbacks(tmp, "val/mean", settings["patience"])]
+    args += [
+        f"--trainer.accelerator={settings.get('accelerator', 'cpu')}",
+        f"--trainer.max_steps={total}",
+        "--trainer.max_epochs=1",
+        f"--trainer.val_check_interval={min(settings['eval_every'], total)}",
+        f"--data.init_args.steps_per_epoch={total}",
+    ]
+    if settings["max_eval"] is not None:
+        args.append(f"--data.init_args.max_eval_examples={settings['max_eval']}")
+    if row.get("mixed"):
+        args.append("--data.init_args.batch_mode=mixed")
+    return args
+
+
+def seed_args(seed: int) -> list[str]:
+    return [f"--seed_everything={seed}", f"--data.init_args.seed={seed}"]
