@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import CONFIGS, ROOT, write_result
+from benchmarks.common import CONFIGS, ROOT, require_clean, write_result
 from mtlkit.callbacks import metric_rows
 from mtlkit.cli import cli_main
 
@@ -138,7 +138,8 @@ def run(mode: str = "default", teacher: Path = TEACHER) -> Path:
         "runs": runs,
         "summary": summary,
     }
-    return write_result("distillation", payload, markdown(summary, teacher_scores, speed, sizes))
+    text = markdown(summary, teacher_scores, speed, sizes)
+    return write_result("distillation", payload, text, for_readme=mode != "smoke")
 
 
 def _take(loaders: Any, n: int) -> list[dict]:
@@ -204,7 +205,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--teacher", type=Path, default=TEACHER)
+    parser.add_argument("--allow-dirty", action="store_true", help="results not for the README")
     args = parser.parse_args()
+    if not args.smoke:
+        require_clean(args.allow_dirty, "benchmarks.distillation")
     print(run("smoke" if args.smoke else "default", args.teacher))
 
 
