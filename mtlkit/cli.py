@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mtlkit import console
@@ -24,6 +24,36 @@ from mtlkit.run_folder import RunFolderLock, resolve_last
 #: Set by the console entry point :func:`main`: parse errors are raised (and printed by it as
 #: one line) instead of jsonargparse's usage dump and exit.
 _RAISE_PARSE_ERRORS: ContextVar[bool] = ContextVar("mtlkit_raise_parse_errors", default=False)
+
+
+class SaveConfig(SaveConfigCallback):
+    """Lightning's ``config.yaml`` writer, also for a logger without a local folder.
+
+    MLflow on a database or server store has no ``save_dir`` (Lightning's callback then fails
+    on ``assert log_dir is not None``): the config goes to the trainer's ``default_root_dir``,
+    where such a run keeps its checkpoints, and into the MLflow run as an artifact.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if not self.save_to_log_dir or trainer.log_dir is not None:
+            return super().setup(trainer, pl_module, stage)
+        folder = Path(trainer.default_root_dir)
+        if trainer.is_global_zero and not self.already_saved:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = str(folder / self.config_filename)
+            self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite)
+        self.save_to_log_dir = False  # written above; the rest (save_config, sync) as usual
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            self.save_to_log_dir = True
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        logger = trainer.logger
+        run_id = getattr(logger, "run_id", None)
+        path = Path(trainer.default_root_dir) / self.config_filename
+        if run_id is not None and hasattr(logger.experiment, "log_artifact") and path.is_file():
+            logger.experiment.log_artifact(run_id, str(path))
 
 
 class MtlkitCLI(LightningCLI):
@@ -111,6 +141,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MtlkitCLI:
         subclass_mode_data=True,
         args=args,
         run=run,
+        save_config_callback=SaveConfig,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"use_distributed_sampler": False},
         auto_configure_optimizers=False,
