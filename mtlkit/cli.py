@@ -253,7 +253,26 @@ def export_checkpoint(configs: list[str], ckpt_path: str, output: str) -> Path:
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     tokenizer = AutoTokenizer.from_pretrained(resolve_path(cli.datamodule.tokenizer_path))
-    return export_model(module.eval(), tokenizer, output)
+    folder = export_model(module.eval(), tokenizer, output)
+    write_card(folder, module, ckpt)
+    return folder
+
+
+def write_card(folder: Path, module: MultiTaskModule, ckpt: dict[str, Any]) -> None:
+    """The model card facts of an export (``card.json``) and its ``README.md`` model card:
+    every task's training data, the checkpoint's last evaluation metrics, the git commit."""
+    from mtlkit.hf_export import CARD_FILE, git_commit, model_card
+    from mtlkit.inference import ExportedModel
+
+    facts = {
+        "metrics": ckpt.get("mtlkit_metrics") or {},
+        "data": {name: task.source.describe() for name, task in module.tasks.items()},
+        "commit": git_commit(),
+        "encoder": getattr(module.encoder, "name_or_path", None),
+    }
+    (folder / CARD_FILE).write_text(json.dumps(facts, indent=2) + "\n")
+    exported = ExportedModel.from_folder(folder)
+    (folder / "README.md").write_text(model_card(exported, exported.task_names, facts))
 
 
 def _export_main(argv: list[str]) -> None:
@@ -263,9 +282,40 @@ def _export_main(argv: list[str]) -> None:
     parser.add_argument("--config", action="append", required=True, help="repeatable")
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by mtlkit fit")
     parser.add_argument("--output", required=True, help="folder to write")
+    parser.add_argument(
+        "--hf_task",
+        action="append",
+        default=[],
+        help="also write this task as a standalone transformers model in OUTPUT/hf/TASK "
+        "(repeatable; 'all' for every task with a standard head)",
+    )
+    parser.add_argument(
+        "--push_to_hub",
+        default=None,
+        metavar="REPO_ID",
+        help="upload the folder (the one --hf_task folder, or the multi-task export) to the Hub",
+    )
     ns = parser.parse_args(argv)
     folder = export_checkpoint(ns.config, ns.ckpt_path, ns.output)
     print(f"exported to {folder}")
+    pushed = folder
+    if ns.hf_task:
+        from mtlkit.hf_export import KINDS, export_hf_task
+        from mtlkit.inference import ExportedModel
+
+        model = ExportedModel.from_folder(folder)
+        tasks = ns.hf_task
+        if tasks == ["all"]:
+            tasks = [n for n, t in model.tasks.items() if t.kind in KINDS]
+        for task in tasks:
+            pushed = export_hf_task(model, task, folder / "hf" / task, card_facts=folder)
+            print(f"task {task!r} as a transformers model: {pushed}")
+        if ns.push_to_hub and len(tasks) != 1:
+            raise ConfigError("--push_to_hub takes one --hf_task (or none: the whole export)")
+    if ns.push_to_hub:
+        from mtlkit.hf_export import push_to_hub
+
+        print(f"pushed {pushed} to {push_to_hub(pushed, ns.push_to_hub)}")
 
 
 def _predict_main(argv: list[str]) -> None:

@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["tasks", "data", "weighting"], 1),
     **dict.fromkeys(["model", "inference"], 2),
     **dict.fromkeys(["transfer", "regularization", "finetuning", "diagnostics", "callbacks"], 3),
-    **dict.fromkeys(["cli", "export", "registry", "testing"], 4),
+    **dict.fromkeys(["cli", "export", "hf_export", "tune", "registry", "testing"], 4),
 }
 
 
