@@ -345,6 +345,28 @@ def _predict_main(argv: list[str]) -> None:
             )
 
 
+def _tune_main(argv: list[str]) -> None:
+    from mtlkit.tune import tune
+
+    parser = argparse.ArgumentParser(
+        prog="mtlkit tune",
+        description="Optuna search over config keys; the study resumes from OUTPUT/study.db.",
+    )
+    parser.add_argument("--config", action="append", required=True, help="repeatable")
+    parser.add_argument("--search", required=True, help="search file (YAML): params, objective")
+    parser.add_argument("--output", default="runs/tune", help="study, trials, report, best.yaml")
+    parser.add_argument("--n_trials", type=int, default=None, help="overrides the search file")
+    ns, overrides = parser.parse_known_args(argv)
+    bad = [a for a in overrides if not a.startswith("--")]
+    if bad:
+        raise ConfigError(f"mtlkit tune: unexpected argument(s) {bad}")
+    tune(ns.config, ns.search, ns.output, _build, overrides, ns.n_trials)
+
+
+def _build(args: list[str]) -> MtlkitCLI:
+    return cli_main(args, run=False)
+
+
 def _lines(numbers: list[int], shown: int = 10) -> str:
     text = ", ".join(map(str, numbers[:shown]))
     return text + (f", ... ({len(numbers) - shown} more)" if len(numbers) > shown else "")
@@ -353,6 +375,10 @@ def _lines(numbers: list[int], shown: int = 10) -> str:
 def _dispatch(args: list[str], from_sys_argv: bool) -> None:
     if args[:1] == ["export"]:
         return _export_main(args[1:])
+    if args[:1] == ["tune"]:
+        if from_sys_argv:  # each trial's LightningCLI gets its arguments, not these
+            del sys.argv[1:]
+        return _tune_main(args[1:])
     with_config = any(a in ("--config", "-c") or a.startswith("--config=") for a in args)
     if args[:1] == ["predict"] and not with_config:
         return _predict_main(args[1:])
