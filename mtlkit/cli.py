@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mtlkit import console
+from mtlkit.callbacks import DataSummary, TaskProgressBar, ValidationTable
 from mtlkit.checkpointing import AtomicCheckpointIO, RNGState
 from mtlkit.data.datamodule import MultiTaskDataModule
 from mtlkit.errors import ConfigError, MtlkitError
+from mtlkit.inputs import read_inputs
 from mtlkit.model.module import MultiTaskModule
 from mtlkit.run_folder import RunFolderLock, resolve_last
 
@@ -115,6 +118,11 @@ class MtlkitCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not any(isinstance(c, RNGState) for c in trainer.callbacks):
             trainer.callbacks.insert(0, RNGState())  # before ModelCheckpoint
+        if not any(isinstance(c, ValidationTable) for c in trainer.callbacks):
+            trainer.callbacks.append(ValidationTable())  # mtlkit's per-task table
+        if not any(isinstance(c, DataSummary) for c in trainer.callbacks):
+            trainer.callbacks.append(DataSummary())
+        _rich_progress_bar(trainer)
         # One run per folder: locked before anything (config.yaml included) is written there.
         trainer.callbacks.insert(0, RunFolderLock())
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -123,17 +131,32 @@ class MtlkitCLI(LightningCLI):
 
     def _resolve_ckpt_path(self) -> None:
         """``--ckpt_path last`` becomes the newest last checkpoint, or an error: a run asked to
-        resume never trains from step 0 (Lightning only warns and starts afresh)."""
+        resume never trains from step 0 (Lightning only warns and starts afresh). ``validate``
+        and ``test`` print mtlkit's per-task table instead of Lightning's (which repeats every
+        metric under each dataloader index)."""
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = resolve_last(self.trainer)
+        if self.subcommand in ("validate", "test"):
+            config["verbose"] = False
 
     before_fit = before_validate = before_test = before_predict = _resolve_ckpt_path
+
+
+def _rich_progress_bar(trainer: Trainer) -> None:
+    """Lightning's default progress bar becomes :class:`~mtlkit.callbacks.TaskProgressBar`
+    (rich, with per-task losses) when stdout is a terminal; a bar the config chose is kept."""
+    bars = [c for c in trainer.callbacks if isinstance(c, ProgressBar)]
+    default = len(bars) == 1 and type(bars[0]) in (RichProgressBar, TQDMProgressBar)
+    terminal = sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb"
+    if default and terminal:
+        trainer.callbacks[trainer.callbacks.index(bars[0])] = TaskProgressBar()
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> MtlkitCLI:
     """Builds (and by default runs) the CLI; ``run=False`` only instantiates the objects."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    console.quiet_third_party()
     return MtlkitCLI(
         MultiTaskModule,
         MultiTaskDataModule,
@@ -148,33 +171,6 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MtlkitCLI:
     )
 
 
-def _read_inputs(path: Path) -> list[dict[str, str] | None]:
-    """Inputs of ``mtlkit predict``, one per line: ``.txt`` (a text per line) or ``.jsonl``
-    (``text`` and an optional ``text_pair`` per line); ``None`` for a blank line, so that the
-    output's line ``i`` still answers the input's line ``i``."""
-    if not path.is_file():
-        raise ConfigError(f"input file {str(path)!r} does not exist")
-    if path.suffix not in (".txt", ".jsonl"):
-        raise ConfigError(f"input file {path} must be .txt (one text per line) or .jsonl")
-    items: list[dict[str, str] | None] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            items.append(None)
-            continue
-        if path.suffix == ".txt":
-            items.append({"text": line})
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} line {number} is not JSON: {err}") from err
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ConfigError(f'{path} line {number} needs a string "text" field: {line[:80]}')
-        pair = row.get("text_pair")
-        items.append({"text": row["text"], **({"text_pair": str(pair)} if pair else {})})
-    return items
-
-
 def predict_exported(
     model_dir: str,
     input_path: str,
@@ -182,6 +178,8 @@ def predict_exported(
     tasks: list[str] | None = None,
     batch_size: int = 32,
     device: str = "cpu",
+    text_column: str = "text",
+    text_pair_column: str | None = None,
 ) -> dict[str, Any]:
     """``mtlkit predict --model DIR``: one JSON line per input line with every task's prediction.
 
@@ -196,7 +194,7 @@ def predict_exported(
     """
     from mtlkit.inference import ExportedModel
 
-    items = _read_inputs(Path(input_path))
+    items = read_inputs(Path(input_path), text_column, text_pair_column)
     given = [item for item in items if item is not None]
     try:
         model = ExportedModel.from_folder(model_dir, device=device)
@@ -324,14 +322,27 @@ def _predict_main(argv: list[str]) -> None:
         description="Predict with an exported model (with --config: LightningCLI's predict).",
     )
     parser.add_argument("--model", required=True, help="folder written by mtlkit export")
-    parser.add_argument("--input", required=True, help=".txt (a text per line) or .jsonl")
+    parser.add_argument("--input", required=True, help=".txt (a text per line), .jsonl, .csv")
+    parser.add_argument("--text_column", default="text", help=".jsonl/.csv: the text's field")
+    parser.add_argument(
+        "--text_pair_column", default=None, help=".jsonl/.csv: the pair's field (pair tasks)"
+    )
     parser.add_argument("--output", required=True, help=".jsonl to write")
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default all)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--device", default="cpu", help="e.g. cuda, cuda:1")
     ns = parser.parse_args(argv)
     tasks = [t for t in ns.tasks.split(",") if t] if ns.tasks else None
-    summary = predict_exported(ns.model, ns.input, ns.output, tasks, ns.batch_size, ns.device)
+    summary = predict_exported(
+        ns.model,
+        ns.input,
+        ns.output,
+        tasks,
+        ns.batch_size,
+        ns.device,
+        ns.text_column,
+        ns.text_pair_column,
+    )
     blank = summary["blank"]
     note = f", {len(blank)} blank line(s) without one (lines {_lines(blank)})" if blank else ""
     print(f"wrote {summary['rows']} rows to {ns.output}: {summary['predicted']} predictions{note}")
@@ -373,12 +384,10 @@ def _lines(numbers: list[int], shown: int = 10) -> str:
 
 
 def _dispatch(args: list[str], from_sys_argv: bool) -> None:
-    if args[:1] == ["export"]:
-        return _export_main(args[1:])
-    if args[:1] == ["tune"]:
-        if from_sys_argv:  # each trial's LightningCLI gets its arguments, not these
+    if args[:1] in (["export"], ["tune"]):
+        if from_sys_argv:  # the LightningCLI they build gets its own arguments, not these
             del sys.argv[1:]
-        return _tune_main(args[1:])
+        return (_export_main if args[0] == "export" else _tune_main)(args[1:])
     with_config = any(a in ("--config", "-c") or a.startswith("--config=") for a in args)
     if args[:1] == ["predict"] and not with_config:
         return _predict_main(args[1:])
@@ -397,6 +406,10 @@ def main(argv: list[str] | None = None) -> None:
     (:func:`cli_main`, :func:`export_checkpoint`, :func:`predict_exported`) raises.
     """
     debug, args = console.debug_requested(sys.argv[1:] if argv is None else list(argv))
+    if args[:1] in (["--version"], ["-V"]):
+        print(console.version_line())
+        return None
+    console.quiet_third_party()
     if debug:
         return _dispatch(args, argv is None)
     token = _RAISE_PARSE_ERRORS.set(True)

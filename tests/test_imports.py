@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(
         ["errors", "paths", "console", "checkpointing", "run_folder", "metrics", "sources"], 0
     ),
-    **dict.fromkeys(["packaged", "optim", "_compat"], 0),
+    **dict.fromkeys(["packaged", "optim", "_compat", "inputs"], 0),
     # Weighting methods see only losses, gradients and a StepContext: they import no other unit,
     # and the LightningModule (in model) holds one.
     **dict.fromkeys(["tasks", "data", "weighting"], 1),
