@@ -49,12 +49,15 @@ def quiet_third_party() -> None:
 
     DeepSpeed (imported by transformers' checkpoint code) warns "Setting accelerator to CPU"
     on every CPU machine: naming the CPU accelerator for it (``DS_ACCELERATOR``, unless set, and
-    only without CUDA) makes its detection silent. Lightning advertises litlogger and litmodels
-    at every Trainer start, and its own ``_pytree`` trips a deprecation warning of newer torch.
+    only on a machine without CUDA or XPU) makes its detection silent. Lightning advertises
+    litlogger and litmodels at every Trainer start, and its own ``_pytree`` trips a deprecation
+    warning of newer torch.
     """
     import torch
 
-    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+    xpu = getattr(torch, "xpu", None)
+    accelerator = torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+    if "DS_ACCELERATOR" not in os.environ and not accelerator:
         os.environ["DS_ACCELERATOR"] = "cpu"
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         log = logging.getLogger(name)
