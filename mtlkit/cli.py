@@ -11,19 +11,52 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mtlkit import console
+from mtlkit.callbacks import DataSummary, TaskProgressBar, ValidationTable
 from mtlkit.checkpointing import AtomicCheckpointIO, RNGState
 from mtlkit.data.datamodule import MultiTaskDataModule
 from mtlkit.errors import ConfigError, MtlkitError
+from mtlkit.inputs import read_inputs
 from mtlkit.run_folder import RunFolderLock, resolve_last
 from mtlkit.training.module import MultiTaskModule
 
 #: Set by the console entry point :func:`main`: parse errors are raised (and printed by it as
 #: one line) instead of jsonargparse's usage dump and exit.
 _RAISE_PARSE_ERRORS: ContextVar[bool] = ContextVar("mtlkit_raise_parse_errors", default=False)
+
+
+class SaveConfig(SaveConfigCallback):
+    """Lightning's ``config.yaml`` writer, also for a logger without a local folder.
+
+    MLflow on a database or server store has no ``save_dir`` (Lightning's callback then fails
+    on ``assert log_dir is not None``): the config goes to the trainer's ``default_root_dir``,
+    where such a run keeps its checkpoints, and into the MLflow run as an artifact.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if not self.save_to_log_dir or trainer.log_dir is not None:
+            return super().setup(trainer, pl_module, stage)
+        folder = Path(trainer.default_root_dir)
+        if trainer.is_global_zero and not self.already_saved:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = str(folder / self.config_filename)
+            self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite)
+        self.save_to_log_dir = False  # written above; the rest (save_config, sync) as usual
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            self.save_to_log_dir = True
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        logger = trainer.logger
+        run_id = getattr(logger, "run_id", None)
+        path = Path(trainer.default_root_dir) / self.config_filename
+        if run_id is not None and hasattr(logger.experiment, "log_artifact") and path.is_file():
+            logger.experiment.log_artifact(run_id, str(path))
 
 
 class MtlkitCLI(LightningCLI):
@@ -85,6 +118,11 @@ class MtlkitCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not any(isinstance(c, RNGState) for c in trainer.callbacks):
             trainer.callbacks.insert(0, RNGState())  # before ModelCheckpoint
+        if not any(isinstance(c, ValidationTable) for c in trainer.callbacks):
+            trainer.callbacks.append(ValidationTable())  # mtlkit's per-task table
+        if not any(isinstance(c, DataSummary) for c in trainer.callbacks):
+            trainer.callbacks.append(DataSummary())
+        _rich_progress_bar(trainer)
         # One run per folder: locked before anything (config.yaml included) is written there.
         trainer.callbacks.insert(0, RunFolderLock())
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -93,17 +131,32 @@ class MtlkitCLI(LightningCLI):
 
     def _resolve_ckpt_path(self) -> None:
         """``--ckpt_path last`` becomes the newest last checkpoint, or an error: a run asked to
-        resume never trains from step 0 (Lightning only warns and starts afresh)."""
+        resume never trains from step 0 (Lightning only warns and starts afresh). ``validate``
+        and ``test`` print mtlkit's per-task table instead of Lightning's (which repeats every
+        metric under each dataloader index)."""
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = resolve_last(self.trainer)
+        if self.subcommand in ("validate", "test"):
+            config["verbose"] = False
 
     before_fit = before_validate = before_test = before_predict = _resolve_ckpt_path
+
+
+def _rich_progress_bar(trainer: Trainer) -> None:
+    """Lightning's default progress bar becomes :class:`~mtlkit.callbacks.TaskProgressBar`
+    (rich, with per-task losses) when stdout is a terminal; a bar the config chose is kept."""
+    bars = [c for c in trainer.callbacks if isinstance(c, ProgressBar)]
+    default = len(bars) == 1 and type(bars[0]) in (RichProgressBar, TQDMProgressBar)
+    terminal = sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb"
+    if default and terminal:
+        trainer.callbacks[trainer.callbacks.index(bars[0])] = TaskProgressBar()
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> MtlkitCLI:
     """Builds (and by default runs) the CLI; ``run=False`` only instantiates the objects."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    console.quiet_third_party()
     return MtlkitCLI(
         MultiTaskModule,
         MultiTaskDataModule,
@@ -111,61 +164,11 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MtlkitCLI:
         subclass_mode_data=True,
         args=args,
         run=run,
+        save_config_callback=SaveConfig,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"use_distributed_sampler": False},
         auto_configure_optimizers=False,
     )
-
-
-def _read_inputs(path: Path) -> list[dict[str, Any] | None]:
-    """Inputs of ``mtlkit predict``, one per line: ``.txt`` (a text per line) or ``.jsonl``
-    (``text`` and an optional ``text_pair`` per line, or a dialogue: ``turns``, a list of
-    strings, and optional ``speakers``); ``None`` for a blank line, so that the output's line
-    ``i`` still answers the input's line ``i``."""
-    if not path.is_file():
-        raise ConfigError(f"input file {str(path)!r} does not exist")
-    if path.suffix not in (".txt", ".jsonl"):
-        raise ConfigError(f"input file {path} must be .txt (one text per line) or .jsonl")
-    items: list[dict[str, Any] | None] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            items.append(None)
-            continue
-        if path.suffix == ".txt":
-            items.append({"text": line})
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} line {number} is not JSON: {err}") from err
-        if isinstance(row, dict) and "turns" in row:
-            items.append(_dialogue_row(row, path, number))
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ConfigError(
-                f'{path} line {number} needs a string "text" field (or a list of "turns"): '
-                f"{line[:80]}"
-            )
-        pair = row.get("text_pair")
-        items.append({"text": row["text"], **({"text_pair": str(pair)} if pair else {})})
-    return items
-
-
-def _dialogue_row(row: dict[str, Any], path: Path, number: int) -> dict[str, Any]:
-    """A dialogue line ``{"turns": [...], "speakers": [...]}``, checked."""
-    turns, speakers = row["turns"], row.get("speakers")
-    if not isinstance(turns, list) or not turns:
-        raise ConfigError(f'{path} line {number}: "turns" must be a non-empty list of strings')
-    if not all(isinstance(t, str) and t.strip() for t in turns):
-        raise ConfigError(f'{path} line {number}: every turn in "turns" must be a non-empty string')
-    if speakers is None:
-        return {"turns": turns}
-    if not isinstance(speakers, list) or len(speakers) != len(turns):
-        raise ConfigError(
-            f'{path} line {number}: "speakers" must be a list of one name per turn '
-            f"({len(turns)} turns)"
-        )
-    return {"turns": turns, "speakers": [str(s) for s in speakers]}
 
 
 def predict_exported(
@@ -175,6 +178,8 @@ def predict_exported(
     tasks: list[str] | None = None,
     batch_size: int = 32,
     device: str = "cpu",
+    text_column: str = "text",
+    text_pair_column: str | None = None,
 ) -> dict[str, Any]:
     """``mtlkit predict --model DIR``: one JSON line per input line with every task's prediction.
 
@@ -190,7 +195,7 @@ def predict_exported(
     """
     from mtlkit.inference import ExportedModel
 
-    items = _read_inputs(Path(input_path))
+    items = read_inputs(Path(input_path), text_column, text_pair_column)
     given = [item for item in items if item is not None]
     try:
         model = ExportedModel.from_folder(model_dir, device=device)
@@ -247,7 +252,26 @@ def export_checkpoint(configs: list[str], ckpt_path: str, output: str) -> Path:
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     tokenizer = AutoTokenizer.from_pretrained(resolve_path(cli.datamodule.tokenizer_path))
-    return export_model(module.eval(), tokenizer, output)
+    folder = export_model(module.eval(), tokenizer, output)
+    write_card(folder, module, ckpt)
+    return folder
+
+
+def write_card(folder: Path, module: MultiTaskModule, ckpt: dict[str, Any]) -> None:
+    """The model card facts of an export (``card.json``) and its ``README.md`` model card:
+    every task's training data, the checkpoint's last evaluation metrics, the git commit."""
+    from mtlkit.hf_export import CARD_FILE, git_commit, model_card
+    from mtlkit.inference import ExportedModel
+
+    facts = {
+        "metrics": ckpt.get("mtlkit_metrics") or {},
+        "data": {name: task.source.describe() for name, task in module.tasks.items()},
+        "commit": git_commit(),
+        "encoder": getattr(module.encoder, "name_or_path", None),
+    }
+    (folder / CARD_FILE).write_text(json.dumps(facts, indent=2) + "\n")
+    exported = ExportedModel.from_folder(folder)
+    (folder / "README.md").write_text(model_card(exported, exported.task_names, facts))
 
 
 def _export_main(argv: list[str]) -> None:
@@ -257,9 +281,40 @@ def _export_main(argv: list[str]) -> None:
     parser.add_argument("--config", action="append", required=True, help="repeatable")
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by mtlkit fit")
     parser.add_argument("--output", required=True, help="folder to write")
+    parser.add_argument(
+        "--hf_task",
+        action="append",
+        default=[],
+        help="also write this task as a standalone transformers model in OUTPUT/hf/TASK "
+        "(repeatable; 'all' for every task with a standard head)",
+    )
+    parser.add_argument(
+        "--push_to_hub",
+        default=None,
+        metavar="REPO_ID",
+        help="upload the folder (the one --hf_task folder, or the multi-task export) to the Hub",
+    )
     ns = parser.parse_args(argv)
     folder = export_checkpoint(ns.config, ns.ckpt_path, ns.output)
     print(f"exported to {folder}")
+    pushed = folder
+    if ns.hf_task:
+        from mtlkit.hf_export import KINDS, export_hf_task
+        from mtlkit.inference import ExportedModel
+
+        model = ExportedModel.from_folder(folder)
+        tasks = ns.hf_task
+        if tasks == ["all"]:
+            tasks = [n for n, t in model.tasks.items() if t.kind in KINDS]
+        for task in tasks:
+            pushed = export_hf_task(model, task, folder / "hf" / task, card_facts=folder)
+            print(f"task {task!r} as a transformers model: {pushed}")
+        if ns.push_to_hub and len(tasks) != 1:
+            raise ConfigError("--push_to_hub takes one --hf_task (or none: the whole export)")
+    if ns.push_to_hub:
+        from mtlkit.hf_export import push_to_hub
+
+        print(f"pushed {pushed} to {push_to_hub(pushed, ns.push_to_hub)}")
 
 
 def _predict_main(argv: list[str]) -> None:
@@ -271,7 +326,11 @@ def _predict_main(argv: list[str]) -> None:
     parser.add_argument(
         "--input",
         required=True,
-        help=".txt (a text per line) or .jsonl (text/text_pair, or turns/speakers per line)",
+        help=".txt (a text per line), .jsonl (text/text_pair, or turns/speakers per line), .csv",
+    )
+    parser.add_argument("--text_column", default="text", help=".jsonl/.csv: the text's field")
+    parser.add_argument(
+        "--text_pair_column", default=None, help=".jsonl/.csv: the pair's field (pair tasks)"
     )
     parser.add_argument("--output", required=True, help=".jsonl to write")
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default all)")
@@ -279,7 +338,16 @@ def _predict_main(argv: list[str]) -> None:
     parser.add_argument("--device", default="cpu", help="e.g. cuda, cuda:1")
     ns = parser.parse_args(argv)
     tasks = [t for t in ns.tasks.split(",") if t] if ns.tasks else None
-    summary = predict_exported(ns.model, ns.input, ns.output, tasks, ns.batch_size, ns.device)
+    summary = predict_exported(
+        ns.model,
+        ns.input,
+        ns.output,
+        tasks,
+        ns.batch_size,
+        ns.device,
+        ns.text_column,
+        ns.text_pair_column,
+    )
     blank = summary["blank"]
     note = f", {len(blank)} blank line(s) without one (lines {_lines(blank)})" if blank else ""
     print(f"wrote {summary['rows']} rows to {ns.output}: {summary['predicted']} predictions{note}")
@@ -293,14 +361,38 @@ def _predict_main(argv: list[str]) -> None:
             )
 
 
+def _tune_main(argv: list[str]) -> None:
+    from mtlkit.tune import tune
+
+    parser = argparse.ArgumentParser(
+        prog="mtlkit tune",
+        description="Optuna search over config keys; the study resumes from OUTPUT/study.db.",
+    )
+    parser.add_argument("--config", action="append", required=True, help="repeatable")
+    parser.add_argument("--search", required=True, help="search file (YAML): params, objective")
+    parser.add_argument("--output", default="runs/tune", help="study, trials, report, best.yaml")
+    parser.add_argument("--n_trials", type=int, default=None, help="overrides the search file")
+    ns, overrides = parser.parse_known_args(argv)
+    bad = [a for a in overrides if not a.startswith("--")]
+    if bad:
+        raise ConfigError(f"mtlkit tune: unexpected argument(s) {bad}")
+    tune(ns.config, ns.search, ns.output, _build, overrides, ns.n_trials)
+
+
+def _build(args: list[str]) -> MtlkitCLI:
+    return cli_main(args, run=False)
+
+
 def _lines(numbers: list[int], shown: int = 10) -> str:
     text = ", ".join(map(str, numbers[:shown]))
     return text + (f", ... ({len(numbers) - shown} more)" if len(numbers) > shown else "")
 
 
 def _dispatch(args: list[str], from_sys_argv: bool) -> None:
-    if args[:1] == ["export"]:
-        return _export_main(args[1:])
+    if args[:1] in (["export"], ["tune"]):
+        if from_sys_argv:  # the LightningCLI they build gets its own arguments, not these
+            del sys.argv[1:]
+        return (_export_main if args[0] == "export" else _tune_main)(args[1:])
     with_config = any(a in ("--config", "-c") or a.startswith("--config=") for a in args)
     if args[:1] == ["predict"] and not with_config:
         return _predict_main(args[1:])
@@ -319,6 +411,10 @@ def main(argv: list[str] | None = None) -> None:
     (:func:`cli_main`, :func:`export_checkpoint`, :func:`predict_exported`) raises.
     """
     debug, args = console.debug_requested(sys.argv[1:] if argv is None else list(argv))
+    if args[:1] in (["--version"], ["-V"]):
+        print(console.version_line())
+        return None
+    console.quiet_third_party()
     if debug:
         return _dispatch(args, argv is None)
     token = _RAISE_PARSE_ERRORS.set(True)

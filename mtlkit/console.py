@@ -15,9 +15,11 @@ import argparse
 import difflib
 import importlib
 import inspect
+import logging
 import os
 import pkgutil
 import re
+import warnings
 from pathlib import Path
 
 import yaml
@@ -32,6 +34,53 @@ _KEY = re.compile(r'^Parser key "([^"]+)":')
 _CLASS_PATH = re.compile(r"^Problem with given class_path '([^']+)':")
 _NO_ATTRIBUTE = re.compile(r"^module '([^']+)' has no attribute '([^']+)'")
 _SUBTYPE = re.compile(r"Subtypes: \[<class '([^']+)'>")
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertisements for its cloud services ("💡 Tip: ... litlogger",
+    "... litmodels")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")
+
+
+def quiet_third_party() -> None:
+    """Silences other libraries' messages that say nothing about the user's run.
+
+    DeepSpeed (imported by transformers' checkpoint code) warns "Setting accelerator to CPU"
+    on every CPU machine: naming the CPU accelerator for it (``DS_ACCELERATOR``, unless set, and
+    only on a machine without CUDA or XPU) makes its detection silent. Lightning advertises
+    litlogger and litmodels at every Trainer start, and its own ``_pytree`` trips a deprecation
+    warning of newer torch.
+    """
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    accelerator = torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+    if "DS_ACCELERATOR" not in os.environ and not accelerator:
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in log.filters):
+            log.addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def version_line() -> str:
+    """``mtlkit X (torch X, transformers X, lightning X, python X)``."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    from mtlkit import __version__
+
+    deps = ", ".join(f"{p} {of(p)}" for p in ("torch", "transformers", "lightning"))
+    return f"mtlkit {__version__} ({deps}, python {sys.version.split()[0]})"
 
 
 def debug_requested(args: list[str]) -> tuple[bool, list[str]]:

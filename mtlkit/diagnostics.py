@@ -8,13 +8,21 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from mtlkit.weighting import StepContext, StepObserver, WeightedLoss
 from mtlkit.weighting.layers import select_shared_layer
 from mtlkit.weighting.task_gradients import task_gradients
 
-__all__ = ["GradientDiagnostics", "cosine_matrix", "matrix_image", "task_gradients"]
+__all__ = [
+    "GradientDiagnostics",
+    "cosine_matrix",
+    "log_image",
+    "matrix_image",
+    "task_gradients",
+]
 
 
 def cosine_matrix(grads: dict[str, Tensor]) -> Tensor:
@@ -34,6 +42,28 @@ def matrix_image(matrix: np.ndarray, cell: int = 24) -> np.ndarray:
     return np.kron(rgb, np.ones((cell, cell, 1)))
 
 
+def log_image(logger: Logger, key: str, image: np.ndarray, step: int) -> bool:
+    """Logs an ``[H, W, 3]`` float image in [0, 1] through ``logger``, where it can store one.
+
+    TensorBoard (an image summary), Weights & Biases (``wandb.Image`` under ``key``) and MLflow
+    (a step-indexed image artifact of the run) do; other loggers (CSV) store no images.
+
+    Returns:
+        Whether the image was logged.
+    """
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(key, image, step, dataformats="HWC")
+    elif isinstance(logger, WandbLogger):
+        logger.log_image(key=key, images=[image], step=step)
+    elif isinstance(logger, MLFlowLogger):
+        # MLflow's metric-key rules allow "/", its image keys are file names: no "/".
+        name = key.replace("/", "_")
+        logger.experiment.log_image(logger.run_id, image, key=name, step=step)
+    else:
+        return False
+    return True
+
+
 class GradientDiagnostics(L.Callback, StepObserver):
     """Logs per-task gradient norms and gradient conflict every ``every_n_steps`` steps.
 
@@ -43,9 +73,11 @@ class GradientDiagnostics(L.Callback, StepObserver):
     from the step's ``ctx.gradients``: rows the weighting method already took (a gradient method
     on the parameters, GradNorm on the same layer) are reused, otherwise they are taken there (a
     pass through the heads and that layer only). It logs ``diag/<task>/grad_norm``,
-    ``diag/cos/<a>~<b>`` and, with TensorBoard, an image of the cosine matrix
-    (``diag/gradient_cosine``). Task weights are logged by the model every step
-    (``train/<task>/weight``). Only tasks present in the step (on this process) are compared.
+    ``diag/cos/<a>~<b>`` and an image of the cosine matrix (``diag/gradient_cosine``) through
+    every logger that stores images (TensorBoard, Weights & Biases, MLflow: :func:`log_image`);
+    a logger that stores none (CSV) gets one note and the scalars only. Task weights are logged
+    by the model every step (``train/<task>/weight``). Only tasks present in the step (on this
+    process) are compared.
 
     Args:
         every_n_steps: Logging interval in optimisation steps.
@@ -56,6 +88,7 @@ class GradientDiagnostics(L.Callback, StepObserver):
         self.every_n_steps = every_n_steps
         self.shared_layer = shared_layer
         self.last: dict[str, Any] = {}
+        self._noted: set[str] = set()
 
     def on_weighted_step(
         self,
@@ -89,9 +122,14 @@ class GradientDiagnostics(L.Callback, StepObserver):
         self._log_image(trainer)
 
     def _log_image(self, trainer: L.Trainer) -> None:
-        experiment = getattr(trainer.logger, "experiment", None)
-        if experiment is not None and hasattr(experiment, "add_image"):
-            image = matrix_image(self.last["cosine"])
-            experiment.add_image(
-                "diag/gradient_cosine", image, self.last["step"], dataformats="HWC"
-            )
+        image = matrix_image(self.last["cosine"])
+        for logger in trainer.loggers:
+            if log_image(logger, "diag/gradient_cosine", image, self.last["step"]):
+                continue
+            kind = type(logger).__name__
+            if kind not in self._noted:
+                self._noted.add(kind)
+                rank_zero_info(
+                    f"GradientDiagnostics: {kind} stores no images; the gradient cosine matrix "
+                    "is logged as the diag/cos/<a>~<b> scalars only"
+                )

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BaseFinetuning, EarlyStopping
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim import Optimizer
 
@@ -201,6 +202,11 @@ class GradualUnfreeze(BaseFinetuning):
             if new:
                 scale = decay**exponent if decay else 1.0
                 add_param_group(trainer, opt, {"params": new, "name": name}, base * scale)
+                count = sum(p.numel() for p in new)
+                rank_zero_info(
+                    f"GradualUnfreeze: unfroze {name} at step {trainer.global_step} (epoch "
+                    f"{trainer.current_epoch}): {count:,} parameters, lr {base * scale:.3g}"
+                )
         self._applied = target
 
 

@@ -315,3 +315,21 @@ def test_gradual_unfreeze_override(tmp_path, monkeypatch):
     cli = _cli(tmp_path, monkeypatch, REGIMES / "gradual_unfreeze.yaml")
     names = [g.get("name") for g in cli.trainer.optimizers[0].param_groups]
     assert names == ["heads", "encoder.layer_1", "encoder.layer_0"]  # steps 1 and 2 of 0..2
+
+
+def test_gradual_unfreeze_logs_each_layer_it_opens(caplog):
+    """One line per unfrozen unit, at the step it joins the optimizer. A BERT layer of the tiny
+    encoder (hidden 32, intermediate 37) holds 4 x (32 x 32 + 32) attention weights, 2 x 2 x 32
+    LayerNorm, 32 x 37 + 37 and 37 x 32 + 32 feed-forward parameters: 6,789."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        _fit([GradualUnfreeze(every=2, unit="steps", lr_ratio=0.5)], max_steps=7)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("GradualUnf")]
+    assert [line.split(" at ")[0] for line in lines] == [
+        "GradualUnfreeze: unfroze encoder.layer_1",
+        "GradualUnfreeze: unfroze encoder.layer_0",
+        "GradualUnfreeze: unfroze encoder.embeddings",
+    ]
+    assert [line.split(" at step ")[1].split(" ")[0] for line in lines] == ["2", "4", "6"]
+    assert "6,789 parameters" in lines[1] and f"lr {0.5 * LR:.3g}" in lines[1]

@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(
         ["errors", "paths", "console", "checkpointing", "run_folder", "metrics", "sources"], 0
     ),
-    **dict.fromkeys(["packaged", "optim", "_compat", "dialogue"], 0),
+    **dict.fromkeys(["packaged", "optim", "_compat", "dialogue", "inputs"], 0),
     # Weighting methods see only losses, gradients and a StepContext: they import no other unit,
     # and the LightningModule (in training) holds one.
     **dict.fromkeys(["tasks", "data", "weighting"], 1),
@@ -36,7 +36,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["model", "inference"], 2),
     "training": 3,
     **dict.fromkeys(["transfer", "regularization", "finetuning", "diagnostics", "callbacks"], 4),
-    **dict.fromkeys(["cli", "export", "registry", "testing"], 5),
+    **dict.fromkeys(["cli", "export", "hf_export", "tune", "registry", "testing"], 5),
 }
 
 

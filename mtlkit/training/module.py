@@ -508,6 +508,11 @@ class MultiTaskModule(L.LightningModule):
             "config": self.encoder.model.config.to_dict(),
             "pooling": self.pooling,
         }
+        # The last evaluation's metrics, for the model card of an export.
+        metrics = self._trainer.callback_metrics if self._trainer is not None else {}
+        checkpoint["mtlkit_metrics"] = {
+            k: float(v) for k, v in metrics.items() if k.startswith(("val/", "test/"))
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("mtlkit_tasks", {})
