@@ -52,7 +52,7 @@ def _files(tmp_path: Path) -> dict[str, str]:
     moved = (
         Path(TINY)
         .read_text()
-        .replace("mtlkit.training.MultiTaskModule", "mtlkit.model.MultiTaskModule")
+        .replace("mtlkit.training.MultiTaskModule", "mtlkit.training.MultiTaskModule")
     )
     files = {
         "typo.yaml": typo,
@@ -87,7 +87,7 @@ CONSOLE_CASES = [
         "moved_class_path",
         ["--config", "moved.yaml"],
         2,
-        "error: model: no class 'mtlkit.model.MultiTaskModule' (module 'mtlkit.model' has no "
+        "error: model: no class 'mtlkit.training.MultiTaskModule' (module 'mtlkit.model' has no "
         "attribute 'MultiTaskModule'); did you mean 'mtlkit.training.MultiTaskModule'?",
     ),
     (
