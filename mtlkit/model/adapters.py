@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
@@ -215,11 +215,7 @@ class LoRAEncoder(AdapterEncoder):
         except ValueError as err:  # peft: unknown model type or target module
             name = type(self.model).__name__
             raise ConfigError(f"cannot add LoRA adapters to {name}: {err}") from err
-        for module in self.model.modules():
-            if isinstance(module, LoraLayer) and not getattr(module, "_mtlkit_hf_keys", False):
-                module.register_state_dict_post_hook(_hf_keys)
-                module.register_load_state_dict_pre_hook(_peft_keys)
-                module._mtlkit_hf_keys = True
+        keep_hf_keys(self.model)
         return new
 
     def forward(
@@ -237,6 +233,17 @@ class LoRAEncoder(AdapterEncoder):
                 return super().forward(input_ids, attention_mask, token_type_ids)
         self.adapters.activate(task)
         return super().forward(input_ids, attention_mask, token_type_ids)
+
+
+def keep_hf_keys(model: nn.Module) -> None:
+    """Makes the frozen weights of every peft layer injected into ``model`` (LoRA, AdaLoRA,
+    IA3) save and load under their Hugging Face keys (``...query.weight``, not peft's
+    ``...query.base_layer.weight``)."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and not getattr(module, "_mtlkit_hf_keys", False):
+            module.register_state_dict_post_hook(_hf_keys)
+            module.register_load_state_dict_pre_hook(_peft_keys)
+            module._mtlkit_hf_keys = True
 
 
 def _base_params(module: nn.Module) -> list[str]:
@@ -259,3 +266,43 @@ def _peft_keys(module: nn.Module, state: dict[str, Any], prefix: str, *args: Any
     for name in _base_params(module):
         if prefix + name in state and f"{prefix}base_layer.{name}" not in state:
             state[f"{prefix}base_layer.{name}"] = state.pop(prefix + name)
+
+
+class InjectedAdapterEncoder(AdapterEncoder):
+    """Base of the per-task peft methods whose layers peft injects into :attr:`model` in place
+    (AdaLoRA, IA3): the frozen weights keep their Hugging Face keys, as with
+    :class:`LoRAEncoder`, and ``task=None`` runs the frozen model with every adapter disabled.
+
+    Args:
+        make_config: Builds the peft config of one new adapter.
+        adapters_from: See :class:`AdapterEncoder`.
+        **kwargs: The arguments of :class:`HFEncoder`.
+    """
+
+    def add_adapters(self, task_names: list[str]) -> list[str]:
+        """Adds an adapter for each new task; its frozen weights keep their HF keys."""
+        try:
+            new = super().add_adapters(task_names)
+        except ValueError as err:  # peft: unknown model type or target module
+            name = type(self.model).__name__
+            raise ConfigError(
+                f"cannot add {type(self).__name__} adapters to {name}: {err}"
+            ) from err
+        keep_hf_keys(self.model)
+        return new
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+        task: str | None = None,
+    ) -> Tensor:
+        """Token states of a sub-batch through ``task``'s adapter (none: the frozen model)."""
+        if task is None:
+            if self.adapters.peft_model is None:
+                return super().forward(input_ids, attention_mask, token_type_ids)
+            with self.adapters.peft_model.disable_adapter():
+                return super().forward(input_ids, attention_mask, token_type_ids)
+        self.adapters.activate(task)
+        return super().forward(input_ids, attention_mask, token_type_ids)
