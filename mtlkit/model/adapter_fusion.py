@@ -10,8 +10,15 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
-from mtlkit.model.bottleneck import CONFIG_FILE, BottleneckAdapterEncoder, read_adapter
+from mtlkit.model.bottleneck import (
+    CONFIG_FILE,
+    BottleneckAdapterEncoder,
+    read_adapter,
+    write_adapter,
+)
 from mtlkit.paths import resolve_path
+
+SOURCES_DIR = "_sources"
 
 
 class FusionLayer(nn.Module):
@@ -111,6 +118,17 @@ class AdapterFusionEncoder(BottleneckAdapterEncoder):
 
     def adapter_config(self) -> dict[str, Any]:
         return super().adapter_config() | {"source_tasks": self.source_tasks}
+
+    def export_task_encoder(self, folder: str | Path) -> dict[str, Any]:
+        """Writes the fusion layers (``folder/<task>/``) and the source adapters
+        (``folder/_sources/<source>/``) for an export; returns how to rebuild this encoder."""
+        spec = super().export_task_encoder(folder)
+        source_config = BottleneckAdapterEncoder.adapter_config(self) | {"method": "bottleneck"}
+        for name in self.source_tasks:
+            write_adapter(Path(folder) / SOURCES_DIR, name, self.sources[name], source_config)
+        spec["init_args"] = {"source_tasks": self.source_tasks, "sublayers": self.sublayers}
+        spec["paths"] = {"source_adapters": SOURCES_DIR}  # relative to the exported folder
+        return spec
 
     def train(self, mode: bool = True) -> AdapterFusionEncoder:
         super().train(mode)

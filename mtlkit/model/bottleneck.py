@@ -140,6 +140,7 @@ class BottleneckAdapterEncoder(HFEncoder):
                 "{'attention': <attention output projection>, 'ffn': <feed-forward output "
                 "projection>} relative to one transformer block"
             )
+        self.sublayers = {p: names[p] for p in wanted}
         sites = {}
         for index, block in enumerate(self.layers):
             for position in wanted:
@@ -216,14 +217,22 @@ class BottleneckAdapterEncoder(HFEncoder):
     def save_adapters(self, folder: str | Path, tasks: list[str] | None = None) -> None:
         """Writes each task's adapters to ``folder/<task>/`` (safetensors and a JSON config)."""
         for name in self._select(tasks):
-            out = Path(folder) / name
-            out.mkdir(parents=True, exist_ok=True)
-            state = {
-                k: v.detach().cpu().contiguous()
-                for k, v in self.bottlenecks[name].state_dict().items()
-            }
-            save_file(state, str(out / WEIGHTS_FILE))
-            (out / CONFIG_FILE).write_text(json.dumps(self.adapter_config(), indent=2) + "\n")
+            write_adapter(folder, name, self.bottlenecks[name], self.adapter_config())
+
+    def export_task_encoder(self, folder: str | Path) -> dict[str, Any]:
+        """Writes every task's adapters to ``folder`` for an export; returns how to rebuild
+        this encoder around the exported Hugging Face model (``class_path``, ``init_args``)."""
+        self.save_adapters(folder)
+        cls = type(self)
+        return {
+            "class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "init_args": {
+                "placement": self.placement,
+                "reduction_factor": self.reduction_factor,
+                "activation": self.activation,
+                "sublayers": self.sublayers,
+            },
+        }
 
     def load_adapters(self, folder: str | Path, tasks: list[str] | None = None) -> list[str]:
         """Loads adapters saved by :meth:`save_adapters` into these tasks; returns them."""
@@ -243,6 +252,17 @@ class BottleneckAdapterEncoder(HFEncoder):
                 f"no adapter for task(s) {unknown or names}; have {list(self.bottlenecks)}"
             )
         return names
+
+
+def write_adapter(
+    folder: str | Path, task: str, adapters: nn.Module, config: dict[str, Any]
+) -> None:
+    """Writes one task's adapter modules to ``folder/<task>/`` (read by :func:`read_adapter`)."""
+    out = Path(folder) / task
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in adapters.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
 def read_adapter(folder: str | Path, task: str, expected: dict[str, Any]) -> dict[str, Tensor]:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 from peft import PrefixTuningConfig, TaskType
+from safetensors.torch import save_file
 from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.model.adapters import AdapterEncoder
+from mtlkit.model.task_encoders import PREFIX_FILE, run_with_prefix
 
 
 class PrefixTuningEncoder(AdapterEncoder):
@@ -74,6 +77,25 @@ class PrefixTuningEncoder(AdapterEncoder):
         assert self.adapters.peft_model is not None
         return self.adapters.peft_model.get_prompt(batch_size=batch)
 
+    @torch.no_grad()
+    def export_task_encoder(self, folder: str | Path) -> dict[str, Any]:
+        """For an export: each task's prefix keys and values (after the reparametrising MLP),
+        written to ``folder/<task>/`` and read back by
+        :class:`~mtlkit.model.task_encoders.PrefixCacheEncoder` (no peft needed to serve)."""
+        for name in self.adapters.names:
+            cache = self.prefix(name, 1)
+            tensors = {
+                "keys": torch.stack([layer.keys[0] for layer in cache.layers]),
+                "values": torch.stack([layer.values[0] for layer in cache.layers]),
+            }
+            out = Path(folder) / name
+            out.mkdir(parents=True, exist_ok=True)
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                str(out / PREFIX_FILE),
+            )
+        return {"class_path": "mtlkit.model.task_encoders.PrefixCacheEncoder", "init_args": {}}
+
     def forward(
         self,
         input_ids: Tensor,
@@ -84,18 +106,6 @@ class PrefixTuningEncoder(AdapterEncoder):
         """Token states of a sub-batch under ``task``'s prefix (none: the frozen model)."""
         if task is None:
             return super().forward(input_ids, attention_mask, token_type_ids)
-        batch, length = input_ids.shape
-        cache = self.prefix(task, batch)
-        kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        positions = torch.arange(length, device=input_ids.device).expand(batch, -1)
-        mask = torch.cat(
-            [attention_mask.new_ones(batch, self.num_virtual_tokens), attention_mask], 1
-        )
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            **kwargs,
-        )
-        return out.last_hidden_state
+        cache = self.prefix(task, input_ids.shape[0])
+        n = self.num_virtual_tokens
+        return run_with_prefix(self.model, input_ids, attention_mask, token_type_ids, cache, n)
