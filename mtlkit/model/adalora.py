@@ -153,6 +153,30 @@ class AdaLoRAEncoder(InjectedAdapterEncoder):
             elif config.rank_pattern:
                 allocator.mask_using_rank_pattern(view, config.rank_pattern)
 
+    def get_extra_state(self) -> dict[str, Any]:
+        """Each task's importance averages and rank pattern, saved in checkpoints so that a
+        resumed run allocates as an unbroken one."""
+        state: dict[str, Any] = {"finalised": sorted(self.finalised), "tasks": {}}
+        for task, allocator in self.allocators.items():
+            state["tasks"][task] = {
+                "ipt": dict(allocator.ipt),
+                "exp_avg_ipt": dict(allocator.exp_avg_ipt),
+                "exp_avg_unc": dict(allocator.exp_avg_unc),
+                "rank_pattern": allocator.peft_config.rank_pattern,
+            }
+        return state
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.finalised = set(state.get("finalised", []))
+        for task, saved in state.get("tasks", {}).items():
+            if task not in self.allocators:
+                continue
+            allocator = self.allocators[task]
+            allocator.ipt = dict(saved["ipt"])
+            allocator.exp_avg_ipt = dict(saved["exp_avg_ipt"])
+            allocator.exp_avg_unc = dict(saved["exp_avg_unc"])
+            allocator.peft_config.rank_pattern = saved["rank_pattern"]
+
     def regularization(self) -> Tensor | None:
         """``orth_reg_weight`` times each task's mean ``||P^T P - I||_F`` over its matrices."""
         if self.orth_reg_weight == 0 or not self.allocators:
