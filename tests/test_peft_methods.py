@@ -327,6 +327,84 @@ def test_export_predicts_what_the_trained_model_does(name, tmp_path):
     assert all(torch.equal(saved[k], v) for k, v in base.items())
 
 
+_SERVE = """
+import json, sys
+sys.modules["peft"] = sys.modules["lightning"] = None  # a served model needs neither
+from mtlkit.inference import ExportedModel
+out = {}
+for folder in sys.argv[2:]:
+    logits = ExportedModel.from_folder(folder).logits(json.loads(sys.argv[1]))
+    out[folder] = {t: [row.tolist() for row in rows] for t, rows in logits.items()}
+print(json.dumps(out))
+"""
+
+
+def test_exports_serve_with_torch_and_transformers_only(tmp_path):
+    """Every exported per-task method is read by ExportedModel in a process where peft and
+    Lightning cannot be imported, and predicts what the trained model does."""
+    import json
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from mtlkit.paths import resolve_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path("pkg:mtlkit/testing/tiny_tokenizer"))
+    texts = ["good movie john", "bad game in paris today"]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    expected = {}
+    for name in [n for n in NAMES if CASES[n].exports]:
+        model = _module(name).eval()
+        _perturb(model)
+        export_model(model, tokenizer, tmp_path / name)
+        out = model({t: dict(enc) for t in TASKS})
+        expected[str(tmp_path / name)] = {t: out[t]["logits"] for t in TASKS}
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE, json.dumps(texts), *expected],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, **env},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = json.loads(done.stdout.strip().splitlines()[-1])
+    for folder, logits in expected.items():
+        for task, value in logits.items():
+            got = torch.tensor(served[folder][task])
+            torch.testing.assert_close(got, value, msg=f"{folder} {task}")
+
+
+def test_init_from_an_export_of_a_per_task_model(tmp_path):
+    from transformers import AutoTokenizer
+
+    from mtlkit.paths import resolve_path
+
+    model = _module("houlsby").eval()
+    _perturb(model)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path("pkg:mtlkit/testing/tiny_tokenizer"))
+    export_model(model, tokenizer, tmp_path / "export")
+    target = MultiTaskModule(
+        HFEncoder(config=dict(TINY_ENCODER)),
+        [toy_task(t) for t in TASKS],
+        lr_scheduler=None,
+        init_from=str(tmp_path / "export"),
+        init_heads=list(TASKS),
+    )
+    for key, value in _base(model.encoder).items():
+        assert torch.equal(target.encoder.model.state_dict()[key], value), key
+    for task in TASKS:
+        torch.testing.assert_close(target.heads[task].state_dict(), model.heads[task].state_dict())
+    # The adapters come with adapters_from: the export's task_encoder/ is a saved-adapters folder.
+    torch.manual_seed(0)
+    again = CASES["houlsby"].build(adapters_from=str(tmp_path / "export" / "task_encoder"))
+    again.prepare_tasks(list(TASKS))
+    for task in TASKS:
+        for (n, p), q in zip(_own(model, task).items(), again.task_parameters(task), strict=True):
+            assert torch.equal(p, q), n
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_init_from_loads_the_base_weights_both_ways(name, tmp_path):
     torch.manual_seed(3)  # a fully fine-tuned plain model
