@@ -24,8 +24,8 @@ class PromptTuningEncoder(AdapterEncoder):
     token has attended to the prompt. The concatenation is done here rather than in peft's
     ``PeftModelForFeatureExtraction.forward``, which drops ``token_type_ids`` (sentence pairs).
 
-    Prefix tuning (peft's ``PrefixTuningConfig``, past key values) also runs on BERT with
-    transformers 5; it is not shipped here.
+    Prefix tuning (key/value prefixes in every layer) is
+    :class:`~mtlkit.model.prefix_tuning.PrefixTuningEncoder`.
 
     Args:
         name_or_path: See :class:`HFEncoder`.
