@@ -107,8 +107,18 @@ def export_model(
 
 def _base_state(model: nn.Module, tasks: set[str]) -> dict[str, torch.Tensor]:
     """The frozen weights of a per-task encoder's Hugging Face model, by Hugging Face key:
-    every entry but those of a task's own part (peft keys hold the task name as one part)."""
-    return {k: v for k, v in model.state_dict().items() if not tasks & set(k.split("."))}
+    every entry but the per-task ones peft injects (``...<adapter part>.<task>...``, such as
+    ``query.lora_A.topic.weight``; their Hugging Face-keyed frozen weights stay)."""
+    parts = set()
+    for module in model.modules():  # peft's tuner layers name their per-adapter parts
+        parts |= set(getattr(module, "adapter_layer_names", ()))
+        parts |= set(getattr(module, "other_param_names", ()))
+
+    def per_task(key: str) -> bool:
+        names = key.split(".")
+        return any(a in parts and b in tasks for a, b in zip(names, names[1:], strict=False))
+
+    return {k: v for k, v in model.state_dict().items() if not per_task(k)}
 
 
 def _task_spec(task: Task, head: nn.Module) -> dict[str, Any]:

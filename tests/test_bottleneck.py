@@ -187,6 +187,8 @@ def test_bad_arguments(tmp_path):
             config=dict(TINY_ENCODER), sublayers={"attention": "x", "ffn": "y"}
         )
     encoder = _encoder()
+    with pytest.raises(ConfigError, match="cannot name adapters"):
+        encoder.prepare_tasks(["news.topic"])
     with pytest.raises(ConfigError, match="no adapter for task 'news'"):
         encoder(*_inputs(), task="news")
     with pytest.raises(ConfigError, match="has no saved adapter"):

@@ -23,7 +23,7 @@ from mtlkit.errors import ConfigError
 from mtlkit.export import export_model
 from mtlkit.inference import ExportedModel, load_encoder
 from mtlkit.model import HFEncoder, MultiTaskModule
-from mtlkit.model.adalora import AdaLoRAEncoder
+from mtlkit.model.adalora import AdaLoRAEncoder, _TaskView
 from mtlkit.model.adapter_fusion import AdapterFusionEncoder
 from mtlkit.model.adapters import LoRAEncoder
 from mtlkit.model.bottleneck import BottleneckAdapterEncoder
@@ -403,6 +403,31 @@ def test_init_from_an_export_of_a_per_task_model(tmp_path):
     for task in TASKS:
         for (n, p), q in zip(_own(model, task).items(), again.task_parameters(task), strict=True):
             assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize("name", ["houlsby", "adalora", "ia3", "lora"])
+def test_task_names_that_are_parts_of_hugging_face_keys(name, tmp_path):
+    """Tasks named ``output`` and ``dense`` (parts of BERT's own keys): each keeps its own
+    parameters, and the export's encoder holds exactly the pretrained weights."""
+    from transformers import AutoTokenizer
+
+    from mtlkit.paths import resolve_path
+
+    tasks = [toy_task("output"), toy_task("dense", seed=1)]
+    # LoRA and AdaLoRA on every "dense" layer too: keys such as output.dense.lora_A.dense.
+    extra = {"target_modules": ["query", "value", "dense"]} if "lora" in name else {}
+    model = _module(name, tasks=tasks, encoder_kw=extra)
+    own = {t: {id(p) for p in model.encoder.task_parameters(t)} for t in ("output", "dense")}
+    assert own["output"] and not own["output"] & own["dense"]
+    if name == "adalora":  # each task's allocator sees its own parameters only
+        for task in own:
+            view = _TaskView(model.encoder.model, task)
+            assert {id(p) for _, p in view.named_parameters()} == own[task]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path("pkg:mtlkit/testing/tiny_tokenizer"))
+    base = _base(model.encoder)
+    export_model(model.eval(), tokenizer, tmp_path / "export")
+    saved = load_encoder(tmp_path / "export" / "encoder").state_dict()
+    assert saved.keys() == base.keys()
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -24,7 +24,9 @@ class _TaskView:
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         for name, param in self.model.named_parameters():
-            if "lora_" in name and self.task in name.split("."):
+            parts = name.split(".")  # ...query.lora_A.<task>: the adapter right after its part
+            pairs = zip(parts, parts[1:], strict=False)
+            if any(a.startswith("lora_") and b == self.task for a, b in pairs):
                 yield name, param
 
 

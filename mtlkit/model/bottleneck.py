@@ -165,6 +165,9 @@ class BottleneckAdapterEncoder(HFEncoder):
     def prepare_tasks(self, task_names: list[str]) -> None:
         """Adds the adapters of each new task (loaded from ``adapters_from`` when set)."""
         new = [n for n in task_names if n not in self.bottlenecks]
+        bad = [n for n in new if not n.isidentifier()]
+        if bad:  # adapter names become module keys (no dots, ...)
+            raise ConfigError(f"task name(s) {bad} cannot name adapters; use letters, digits and _")
         for name in new:
             self.bottlenecks[name] = self.new_adapters().to(self._device())
         if new and self.adapters_from is not None:
