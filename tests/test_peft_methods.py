@@ -19,7 +19,6 @@ import torch
 from helpers import quiet_trainer, toy_datamodule, toy_task
 from lightning.pytorch.loggers import CSVLogger
 
-from mtlkit.errors import ConfigError
 from mtlkit.export import export_model
 from mtlkit.inference import ExportedModel, load_encoder
 from mtlkit.model import HFEncoder, MultiTaskModule
@@ -51,8 +50,6 @@ class Case:
     per_task: int
     #: A new adapter leaves the frozen model's outputs unchanged (zero/identity initialised).
     identity_at_start: bool = True
-    #: ``mtlkit export`` writes it (soft prompts: a clear error instead).
-    exports: bool = True
 
 
 CASES: dict[str, Case] = {
@@ -100,7 +97,6 @@ CASES: dict[str, Case] = {
         lambda **kw: PromptTuningEncoder(config=dict(TINY_ENCODER), num_virtual_tokens=3, **kw),
         3 * D,
         identity_at_start=False,
-        exports=False,
     ),
 }
 NAMES = list(CASES)
@@ -306,10 +302,6 @@ def test_export_predicts_what_the_trained_model_does(name, tmp_path):
     model = _module(name).eval()
     _perturb(model)
     tokenizer = AutoTokenizer.from_pretrained(resolve_path("pkg:mtlkit/testing/tiny_tokenizer"))
-    if not CASES[name].exports:
-        with pytest.raises(ConfigError, match="cannot export"):
-            export_model(model, tokenizer, tmp_path / "export")
-        return
     base = _base(model.encoder)
     export_model(model, tokenizer, tmp_path / "export")
     assert all(torch.equal(v, _base(model.encoder)[k]) for k, v in base.items())  # restored
@@ -354,7 +346,7 @@ def test_exports_serve_with_torch_and_transformers_only(tmp_path):
     texts = ["good movie john", "bad game in paris today"]
     enc = tokenizer(texts, padding=True, return_tensors="pt")
     expected = {}
-    for name in [n for n in NAMES if CASES[n].exports]:
+    for name in NAMES:
         model = _module(name).eval()
         _perturb(model)
         export_model(model, tokenizer, tmp_path / name)

@@ -167,13 +167,11 @@ class AdapterEncoder(HFEncoder):
         :class:`~mtlkit.model.task_encoders.MergedWeightsEncoder` (no peft needed to serve).
 
         Raises:
-            ConfigError: A method that cannot be merged into the weights (soft prompts).
+            ConfigError: No adapters yet, or prompts (their encoders export them themselves).
         """
         peft = self.adapters.peft_model
         if peft is None or peft.active_peft_config.is_prompt_learning:
-            raise ConfigError(
-                f"cannot export {type(self).__name__}: its soft prompts are no weights to merge"
-            )
+            raise ConfigError(f"cannot export {type(self).__name__}: no adapters to merge")
         for name in self.adapters.names:
             out = Path(folder) / name
             out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@ plain torch and export as themselves; the peft methods export as:
 - :class:`MergedWeightsEncoder`: LoRA, AdaLoRA and (IA)^3, each task's update merged into the
   weights it changes (peft's ``merge``), swapped in for the task's pass;
 - :class:`PrefixCacheEncoder`: prefix tuning, each task's prefix keys and values as computed by
-  its (reparametrised) prefix encoder.
+  its (reparametrised) prefix encoder;
+- :class:`PromptEmbeddingEncoder`: prompt tuning, each task's soft prompt embeddings.
 
 Needs torch, transformers and safetensors only (no peft), like :mod:`mtlkit.inference`.
 """
@@ -29,6 +30,7 @@ from mtlkit.paths import resolve_path
 
 MERGED_FILE = "merged_weights.safetensors"
 PREFIX_FILE = "prefix.safetensors"
+PROMPT_FILE = "prompt.safetensors"
 
 
 def run_with_prefix(
@@ -50,6 +52,37 @@ def run_with_prefix(
         input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, **kwargs
     )
     return out.last_hidden_state
+
+
+def run_with_prompt(
+    model: Any,
+    prompts: Tensor,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    token_type_ids: Tensor | None,
+    task: str,
+) -> Tensor:
+    """Token states of ``model`` with soft ``prompts`` (``[batch, n, hidden]``) put before the
+    token embeddings (mask 1, token type 0), the prompt's own states dropped: they align with
+    ``input_ids``."""
+    n, (batch, length) = prompts.shape[1], input_ids.shape
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and n + length > limit:
+        raise ConfigError(
+            f"task {task!r}: {length} tokens + {n} virtual tokens exceed the encoder's "
+            f"{limit} positions; lower the task's max_length"
+        )
+    embeds = model.get_input_embeddings()(input_ids)
+    ones = attention_mask.new_ones(batch, n)
+    kwargs = {}
+    if token_type_ids is not None:
+        kwargs["token_type_ids"] = torch.cat([torch.zeros_like(ones), token_type_ids], 1)
+    out = model(
+        inputs_embeds=torch.cat([prompts.to(embeds.dtype), embeds], 1),
+        attention_mask=torch.cat([ones, attention_mask], 1),
+        **kwargs,
+    )
+    return out.last_hidden_state[:, n:]
 
 
 def _task_file(folder: str | Path, task: str, name: str) -> dict[str, Tensor]:
@@ -160,3 +193,42 @@ class PrefixCacheEncoder(HFEncoder):
             cache.update(keys, values, layer)
         length = int(prefix["keys"].shape[2])
         return run_with_prefix(self.model, input_ids, attention_mask, token_type_ids, cache, length)
+
+
+class PromptEmbeddingEncoder(HFEncoder):
+    """A frozen encoder with each task's fixed soft prompt (exported prompt tuning).
+
+    Args:
+        adapters_from: The folder of ``<task>/prompt.safetensors`` files (``prompt``:
+            ``[virtual tokens, hidden size]``).
+        **kwargs: The arguments of :class:`HFEncoder`.
+    """
+
+    per_task = True
+
+    def __init__(self, adapters_from: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model.requires_grad_(False)
+        self.adapters_from = adapters_from
+        self.prompts: dict[str, Tensor] = {}
+
+    def prepare_tasks(self, task_names: list[str]) -> None:
+        """Reads the prompt of each new task."""
+        for name in task_names:
+            if name not in self.prompts:
+                self.prompts[name] = _task_file(self.adapters_from, name, PROMPT_FILE)["prompt"]
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+        task: str | None = None,
+    ) -> Tensor:
+        if task is None:
+            return super().forward(input_ids, attention_mask, token_type_ids)
+        if task not in self.prompts:
+            raise ConfigError(f"no prompt for task {task!r}; have {list(self.prompts)}")
+        prompt = self.prompts[task].to(input_ids.device)
+        prompts = prompt.unsqueeze(0).expand(input_ids.shape[0], -1, -1)
+        return run_with_prompt(self.model, prompts, input_ids, attention_mask, token_type_ids, task)
