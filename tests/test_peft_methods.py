@@ -19,9 +19,10 @@ import torch
 from helpers import quiet_trainer, toy_datamodule, toy_task
 from lightning.pytorch.loggers import CSVLogger
 
+from mtlkit.errors import ConfigError
 from mtlkit.export import export_model
 from mtlkit.inference import ExportedModel, load_encoder
-from mtlkit.model import HFEncoder, MultiTaskModule
+from mtlkit.model import HFEncoder, MultiTaskModel, MultiTaskModule
 from mtlkit.model.adalora import AdaLoRAEncoder, _TaskView
 from mtlkit.model.adapter_fusion import AdapterFusionEncoder
 from mtlkit.model.adapters import LoRAEncoder
@@ -29,6 +30,7 @@ from mtlkit.model.bottleneck import BottleneckAdapterEncoder
 from mtlkit.model.ia3 import IA3Encoder
 from mtlkit.model.prefix_tuning import PrefixTuningEncoder
 from mtlkit.model.prompt_tuning import PromptTuningEncoder
+from mtlkit.model.source import load_source
 from mtlkit.testing import TINY_ENCODER
 from mtlkit.weighting import EqualWeighting
 
@@ -313,6 +315,10 @@ def test_export_predicts_what_the_trained_model_does(name, tmp_path):
     got = exported.logits(texts)
     for task in TASKS:
         torch.testing.assert_close(torch.stack(got[task]), expected[task]["logits"])
+    # A distillation teacher is built from the export the same way, with the task objects.
+    teacher = MultiTaskModel.from_source(load_source(str(tmp_path / "export")), model.tasks)
+    for task, out in teacher(subs).items():
+        torch.testing.assert_close(out["logits"], expected[task]["logits"])
     # The exported base encoder is the pretrained model itself (its Hugging Face keys).
     saved = load_encoder(tmp_path / "export" / "encoder").state_dict()
     assert saved.keys() == base.keys()
@@ -366,6 +372,24 @@ def test_exports_serve_with_torch_and_transformers_only(tmp_path):
         for task, value in logits.items():
             got = torch.tensor(served[folder][task])
             torch.testing.assert_close(got, value, msg=f"{folder} {task}")
+
+
+def test_an_export_naming_a_foreign_encoder_class_is_refused(tmp_path):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from mtlkit.paths import resolve_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path("pkg:mtlkit/testing/tiny_tokenizer"))
+    export_model(_module("houlsby").eval(), tokenizer, tmp_path)
+    meta = json.loads((tmp_path / "mtlkit.json").read_text())
+    assert meta["version"] == 2 and meta["task_encoder"]["class_path"].startswith("mtlkit.")
+    for bad in ("os.system", "mtlkit.model.HFEncoder"):
+        meta["task_encoder"]["class_path"] = bad
+        (tmp_path / "mtlkit.json").write_text(json.dumps(meta))
+        with pytest.raises(ConfigError, match="task_encoder"):
+            ExportedModel.from_folder(tmp_path)
 
 
 def test_init_from_an_export_of_a_per_task_model(tmp_path):
