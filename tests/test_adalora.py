@@ -122,8 +122,17 @@ def test_orthogonal_regularization_is_the_papers():
     torch.testing.assert_close(encoder.regularization(), 0.3 * torch.stack(terms).mean())
 
 
-def test_bad_schedule():
+def test_bad_arguments():
+    from mtlkit.model.ia3 import IA3Encoder
+
+    for cls, kw in ((AdaLoRAEncoder, {"total_step": 10}), (IA3Encoder, {})):
+        with pytest.raises(ConfigError, match="gradient_checkpointing"):
+            cls(config=dict(TINY_ENCODER), gradient_checkpointing=True, **kw)
+
     with pytest.raises(ConfigError, match="total_step > tinit"):
         AdaLoRAEncoder(config=dict(TINY_ENCODER), total_step=4, tinit=2, tfinal=2)
     with pytest.raises(ConfigError, match="target_r <= init_r"):
         AdaLoRAEncoder(config=dict(TINY_ENCODER), total_step=40, init_r=2, target_r=4)
+    with pytest.raises(ConfigError, match="cannot add AdaLoRAEncoder adapters"):
+        encoder = AdaLoRAEncoder(config=dict(TINY_ENCODER), total_step=10, target_modules=["x"])
+        encoder.prepare_tasks(["topic"])
