@@ -108,6 +108,20 @@ def test_the_budget_update_runs_after_each_step_of_a_multi_task_fit(tmp_path):
     assert all(fresh.rank_pattern(t) == encoder.rank_pattern(t) for t in TASKS)
 
 
+def test_a_step_with_non_finite_gradients_is_left_out_of_the_importance():
+    torch.manual_seed(0)
+    encoder = AdaLoRAEncoder(config=dict(TINY_ENCODER), **SCHEDULE)
+    encoder.prepare_tasks(list(TASKS))
+    for name, p in encoder.model.named_parameters():
+        if "lora_" in name and name.endswith(".topic"):
+            p.grad = torch.ones_like(p)
+        if "lora_" in name and name.endswith(".mood"):
+            p.grad = torch.full_like(p, float("inf"))  # an fp16 overflow the scaler skipped
+    encoder.after_optimizer_step(3)
+    assert encoder.allocators["topic"].exp_avg_ipt
+    assert not encoder.allocators["mood"].exp_avg_ipt
+
+
 def test_orthogonal_regularization_is_the_papers():
     torch.manual_seed(0)
     encoder = AdaLoRAEncoder(config=dict(TINY_ENCODER), orth_reg_weight=0.3, **SCHEDULE)

@@ -131,9 +131,15 @@ class AdaLoRAEncoder(InjectedAdapterEncoder):
         return self.adapters.peft_model.peft_config[task].rank_pattern
 
     def _stepped(self, task: str) -> bool:
-        """Whether ``task``'s singular values got a gradient in this step."""
-        grads = [p.grad for n, p in _TaskView(self.model, task).named_parameters() if "lora_E" in n]
-        return any(g is not None and bool(g.any()) for g in grads)
+        """Whether ``task``'s singular values got a (finite) gradient in this step; a step the
+        fp16 gradient scaler skipped for overflow must not enter the importance averages."""
+        view = _TaskView(self.model, task).named_parameters()
+        grads = [p.grad for n, p in view if ".lora_E." in f"{n}."]
+        grads = [g for g in grads if g is not None]
+        if not grads:
+            return False
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        return bool(flat.any()) and bool(torch.isfinite(flat).all())
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:
