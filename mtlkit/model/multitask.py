@@ -228,7 +228,7 @@ def _encoder(source: ModelSource) -> HFEncoder:
     if spec is None:
         return HFEncoder(config=dict(source.encoder_config))
     module_name, _, name = str(spec["class_path"]).rpartition(".")
-    if not module_name.startswith("mtlkit."):  # an export names mtlkit's own classes only
+    if not module_name.startswith("mtlkit.model."):  # only mtlkit's own (torch-only) encoders
         raise ConfigError(f"{source.path}: task_encoder {spec['class_path']!r} is not mtlkit's")
     cls = getattr(importlib.import_module(module_name), name, None)
     if not (isinstance(cls, type) and issubclass(cls, HFEncoder) and cls.per_task):
