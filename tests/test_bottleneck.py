@@ -140,6 +140,36 @@ def test_fusion_of_one_source_is_that_source_adapter(tmp_path):
     torch.testing.assert_close(fusion(ids, mask, task="target"), source(ids, mask, task="mood"))
 
 
+def test_fusion_reads_its_sources_from_a_checkpoint_of_the_source_run(tmp_path):
+    from helpers import toy_task
+
+    from mtlkit.model import MultiTaskModule
+
+    source = _encoder("pfeiffer", reduction_factor=4, activation="gelu")
+    with torch.no_grad():
+        for p in source.bottlenecks.parameters():
+            p.normal_(0.0, 0.3)
+    run = MultiTaskModule(source, [toy_task("topic"), toy_task("mood")], lr_scheduler=None)
+    torch.save({"state_dict": run.state_dict()}, tmp_path / "sources.ckpt")
+    fusion = AdapterFusionEncoder(
+        str(tmp_path / "sources.ckpt"), ["mood"], config=dict(TINY_ENCODER)
+    )
+    assert (fusion.placement, fusion.activation, fusion.bottleneck_size) == ("pfeiffer", "gelu", 8)
+    fusion.model.load_state_dict(source.model.state_dict())
+    fusion.prepare_tasks(["target"])
+    fusion.eval()
+    ids, mask = _inputs()
+    torch.testing.assert_close(fusion(ids, mask, task="target"), source(ids, mask, task="mood"))
+    with pytest.raises(ConfigError, match="no adapters of source task 'news'; it has"):
+        AdapterFusionEncoder(str(tmp_path / "sources.ckpt"), ["news"], config=dict(TINY_ENCODER))
+    plain = MultiTaskModule(HFEncoder(config=dict(TINY_ENCODER)), [toy_task("topic")])
+    torch.save({"state_dict": plain.state_dict()}, tmp_path / "plain.ckpt")
+    with pytest.raises(ConfigError, match="not a checkpoint of a BottleneckAdapterEncoder run"):
+        AdapterFusionEncoder(str(tmp_path / "plain.ckpt"), ["topic"], config=dict(TINY_ENCODER))
+    with pytest.raises(ConfigError, match="differ from this encoder's in"):
+        _encoder("houlsby").set_extra_state(source.get_extra_state())
+
+
 def test_fusion_attention_matches_the_papers_formula(tmp_path):
     source = _encoder("pfeiffer", reduction_factor=4)
     with torch.no_grad():

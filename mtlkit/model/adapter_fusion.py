@@ -65,8 +65,9 @@ class AdapterFusionEncoder(BottleneckAdapterEncoder):
     output. Placement, reduction factor and activation are the saved adapters'.
 
     Args:
-        source_adapters: The folder written by ``save_adapters`` of the source run.
-        source_tasks: The source tasks to fuse (subfolders of ``source_adapters``).
+        source_adapters: The source adapters: a folder written by ``save_adapters`` (or an
+            export's ``task_encoder/``), or a checkpoint of the source run.
+        source_tasks: The source tasks to fuse.
         name_or_path: See :class:`HFEncoder` (the encoder the sources were trained on).
         adapters_from: A folder written by :meth:`save_adapters` of a fusion run; each target
             task's fusion layers are loaded from it when created.
@@ -86,13 +87,7 @@ class AdapterFusionEncoder(BottleneckAdapterEncoder):
     ) -> None:
         if not source_tasks or len(set(source_tasks)) != len(source_tasks):
             raise ConfigError(f"source_tasks must be distinct task names, got {source_tasks}")
-        root = Path(resolve_path(source_adapters))
-        config_file = root / source_tasks[0] / CONFIG_FILE
-        if not config_file.is_file():
-            raise ConfigError(f"{root} has no saved adapter for source task {source_tasks[0]!r}")
-        saved = json.loads(config_file.read_text())
-        if saved.get("method") != "bottleneck":
-            raise ConfigError(f"{config_file} is not a bottleneck adapter ({saved.get('method')})")
+        saved, states = _read_sources(source_adapters, list(source_tasks))
         super().__init__(
             name_or_path,
             placement=saved["placement"],
@@ -102,11 +97,17 @@ class AdapterFusionEncoder(BottleneckAdapterEncoder):
             **kwargs,
         )
         expected = super().adapter_config() | {"method": "bottleneck"}
+        differ = [k for k, v in expected.items() if saved.get(k) != v]
+        if differ:
+            raise ConfigError(
+                f"the source adapters in {source_adapters} do not fit this encoder: {differ} "
+                f"differ ({[saved.get(k) for k in differ]} vs {[expected[k] for k in differ]})"
+            )
         self.source_tasks = list(source_tasks)
         self.sources = nn.ModuleDict()
         for name in self.source_tasks:
             adapters = super().new_adapters()
-            adapters.load_state_dict(read_adapter(root, name, expected))
+            adapters.load_state_dict(states[name])
             self.sources[name] = adapters.requires_grad_(False)
 
     def new_adapters(self) -> nn.ModuleDict:
@@ -134,3 +135,32 @@ class AdapterFusionEncoder(BottleneckAdapterEncoder):
         super().train(mode)
         self.sources.eval()  # frozen: no dropout inside them either
         return self
+
+
+def _read_sources(path: str, tasks: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The saved adapter config and each source task's adapter tensors, from a folder written
+    by ``save_adapters`` (or an export's ``task_encoder/``) or a bottleneck run's checkpoint."""
+    root = Path(resolve_path(path))
+    if root.is_file():
+        ckpt = torch.load(root, map_location="cpu", weights_only=True)
+        state = ckpt.get("state_dict", {})
+        config = (state.get("encoder._extra_state") or {}).get("adapter_config", {})
+        if config.get("method") != "bottleneck":
+            raise ConfigError(f"{root} is not a checkpoint of a BottleneckAdapterEncoder run")
+        states = {}
+        for task in tasks:
+            prefix = f"encoder.bottlenecks.{task}."
+            states[task] = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            if not states[task]:
+                have = sorted(
+                    {k.split(".")[2] for k in state if k.startswith("encoder.bottlenecks.")}
+                )
+                raise ConfigError(f"{root} has no adapters of source task {task!r}; it has {have}")
+        return config, states
+    config_file = root / tasks[0] / CONFIG_FILE
+    if not config_file.is_file():
+        raise ConfigError(f"{root} has no saved adapter for source task {tasks[0]!r}")
+    config = json.loads(config_file.read_text())
+    if config.get("method") != "bottleneck":
+        raise ConfigError(f"{config_file} is not a bottleneck adapter ({config.get('method')})")
+    return config, {task: read_adapter(root, task, config) for task in tasks}

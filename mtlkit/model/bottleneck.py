@@ -217,6 +217,19 @@ class BottleneckAdapterEncoder(HFEncoder):
             "sites": list(self.sites),
         }
 
+    def get_extra_state(self) -> dict[str, Any]:
+        """The adapter config, saved in checkpoints (AdapterFusion reads its sources from one)."""
+        return {"adapter_config": self.adapter_config()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        saved, own = state.get("adapter_config", {}), self.adapter_config()
+        differ = [k for k in ("method", "placement", "bottleneck_size") if saved.get(k) != own[k]]
+        if saved and differ:
+            raise ConfigError(
+                f"the checkpoint's adapters differ from this encoder's in {differ}: "
+                f"{[saved.get(k) for k in differ]} vs {[own[k] for k in differ]}"
+            )
+
     def save_adapters(self, folder: str | Path, tasks: list[str] | None = None) -> None:
         """Writes each task's adapters to ``folder/<task>/`` (safetensors and a JSON config)."""
         for name in self._select(tasks):
