@@ -6,6 +6,8 @@ distillation teachers through :func:`read_exported`)::
     encoder/            Hugging Face ``save_pretrained`` (config.json, model.safetensors)
     tokenizer/          Hugging Face ``save_pretrained``
     heads.safetensors   every head's tensors, keys ``<task>.<param>``
+    task_encoder/       per-task encoders only: each task's own part (adapters, merged weights,
+                        prefixes), read by the class ``mtlkit.json`` names (``task_encoder``)
     mtlkit.json         format version, pooling and, per task, how to tokenize its input and
                         how to read its outputs (labels, threshold, target scale)
 """
@@ -28,6 +30,8 @@ from mtlkit.model.source import (
     FORMAT_VERSION,
     HEADS_FILE,
     META_FILE,
+    PLAIN_FORMAT_VERSION,
+    TASK_ENCODER_DIR,
     TOKENIZER_DIR,
     quiet_transformers,
     read_exported,
@@ -60,12 +64,13 @@ def export_model(
         The folder.
 
     Raises:
-        ConfigError: Per-task encoders (their task-specific parameters have no place in one
-            shared Hugging Face encoder), a task without a head, a head that is not one
-            linear layer (a hierarchical dialogue task's context encoder).
+        ConfigError: A per-task encoder that cannot export its task parts (soft sharing), a
+            task without a head, or a head that is not one linear layer (a hierarchical
+            dialogue task's context encoder).
     """
     model = module.model  # the MultiTaskModel: encoder, pooling, heads
-    if getattr(model.encoder, "per_task", False):
+    per_task = getattr(model.encoder, "per_task", False)
+    if per_task and not hasattr(model.encoder, "export_task_encoder"):
         raise ConfigError(
             f"cannot export {type(model.encoder).__name__}: it gives each task its own encoder "
             "parameters (adapters, soft sharing), and an export holds one shared Hugging Face "
@@ -88,13 +93,38 @@ def export_model(
         for key, value in head.state_dict().items():
             tensors[f"{name}.{key}"] = value.detach().to("cpu", torch.float32).contiguous()
     with quiet_transformers():
-        model.encoder.model.save_pretrained(folder / ENCODER_DIR)
+        # Per-task parts (adapters, peft layers) stay out of the shared Hugging Face encoder.
+        base = _base_state(model.encoder.model, set(module.tasks)) if per_task else None
+        model.encoder.model.save_pretrained(folder / ENCODER_DIR, state_dict=base)
     tokenizer.save_pretrained(folder / TOKENIZER_DIR)
     save_file(tensors, str(folder / HEADS_FILE))
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "pooling": model.pooling, "tasks": specs}
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION if per_task else PLAIN_FORMAT_VERSION,
+        "pooling": model.pooling,
+        "tasks": specs,
+    }
+    if per_task:
+        meta["task_encoder"] = model.encoder.export_task_encoder(folder / TASK_ENCODER_DIR)
     # Written last: a folder whose export was interrupted is not mistaken for a complete one.
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return folder
+
+
+def _base_state(model: nn.Module, tasks: set[str]) -> dict[str, torch.Tensor]:
+    """The frozen weights of a per-task encoder's Hugging Face model, by Hugging Face key:
+    every entry but the per-task ones peft injects (``...<adapter part>.<task>...``, such as
+    ``query.lora_A.topic.weight``; their Hugging Face-keyed frozen weights stay)."""
+    parts = set()
+    for module in model.modules():  # peft's tuner layers name their per-adapter parts
+        parts |= set(getattr(module, "adapter_layer_names", ()))
+        parts |= set(getattr(module, "other_param_names", ()))
+
+    def per_task(key: str) -> bool:
+        names = key.split(".")
+        return any(a in parts and b in tasks for a, b in zip(names, names[1:], strict=False))
+
+    return {k: v for k, v in model.state_dict().items() if not per_task(k)}
 
 
 def _task_spec(task: Task, head: nn.Module) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from mtlkit.model.source import (
     FORMAT_VERSION,
     HEADS_FILE,
     META_FILE,
+    TASK_ENCODER_DIR,
     TOKENIZER_DIR,
     load_encoder,
     quiet_transformers,
@@ -148,6 +149,8 @@ class ExportedModel:
         """Loads a folder written by ``mtlkit export``."""
         folder = Path(path)
         meta = read_meta(folder)
+        if "task_encoder" in meta:  # per-task encoders: each task's part is read from here
+            meta["task_encoder"]["folder"] = str(folder / TASK_ENCODER_DIR)
         tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
         heads = load_file(str(folder / HEADS_FILE))
         return cls(load_encoder(folder / ENCODER_DIR), tokenizer, meta, heads, device)

@@ -45,6 +45,7 @@ def test_configs_are_found():
     assert "configs/weighting/gradnorm.yaml" in OVERRIDES
     assert "configs/transfer/regimes/gradual_unfreeze.yaml" in OVERRIDES
     assert "configs/transfer/sms_spam.yaml" in CONFIGS
+    assert "configs/transfer/adapter_fusion.yaml" in ALL  # its own test below
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,31 @@ def test_transfer_regime_from_checkpoint(override, tiny_checkpoint, tmp_path, mo
     assert cli.trainer.global_step == 3
     report = cli.model.init_report
     assert "encoder" in report.loaded and report.source == str(tiny_checkpoint)
+
+
+def test_adapter_fusion_config_fuses_exported_source_adapters(tmp_path, monkeypatch):
+    """configs/transfer/adapter_fusion.yaml, as its comment runs it: source adapters trained
+    (Pfeiffer placement) and exported, then fused per task."""
+    from mtlkit.cli import export_checkpoint
+    from mtlkit.model.adapter_fusion import AdapterFusionEncoder
+
+    monkeypatch.chdir(tmp_path)
+    sources = [BASE, str(ROOT / "configs/transfer/regimes/bottleneck_pfeiffer.yaml")]
+    cli = cli_main(["fit", *[a for c in sources for a in ("--config", c)], *FAST])
+    cli.trainer.save_checkpoint(tmp_path / "sources.ckpt")
+    export_checkpoint(sources, str(tmp_path / "sources.ckpt"), str(tmp_path / "exported"))
+    args = ["--config", BASE, "--config", str(ROOT / "configs/transfer/adapter_fusion.yaml")]
+    args += [
+        f"--model.init_args.encoder.init_args.source_adapters={tmp_path}/exported/task_encoder",
+        "--model.init_args.encoder.init_args.source_tasks=[trec, sentiment]",
+    ]
+    cli = cli_main(["fit", *args, *FAST])
+    assert cli.trainer.global_step == 3
+    encoder = cli.model.encoder
+    assert isinstance(encoder, AdapterFusionEncoder) and encoder.source_tasks == [
+        "trec",
+        "sentiment",
+    ]
 
 
 @pytest.mark.parametrize("override", WEIGHTING)

@@ -13,13 +13,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from mtlkit.errors import ConfigError
 from mtlkit.model.encoder import HFEncoder
+from mtlkit.model.task_encoders import MERGED_FILE
 from mtlkit.paths import resolve_path
 
 
@@ -159,6 +162,23 @@ class AdapterEncoder(HFEncoder):
         """Loads adapters saved by :meth:`save_adapters` into this encoder's tasks."""
         return self.adapters.load(folder, tasks)
 
+    def export_task_encoder(self, folder: str | Path) -> dict[str, Any]:
+        """For an export: each task's update merged into the weights it changes, written to
+        ``folder/<task>/`` and read back by
+        :class:`~mtlkit.model.task_encoders.MergedWeightsEncoder` (no peft needed to serve).
+
+        Raises:
+            ConfigError: No adapters yet, or prompts (their encoders export them themselves).
+        """
+        peft = self.adapters.peft_model
+        if peft is None or peft.active_peft_config.is_prompt_learning:
+            raise ConfigError(f"cannot export {type(self).__name__}: no adapters to merge")
+        for name in self.adapters.names:
+            out = Path(folder) / name
+            out.mkdir(parents=True, exist_ok=True)
+            save_file(merged_weights(self.model, name), str(out / MERGED_FILE))
+        return {"class_path": "mtlkit.model.task_encoders.MergedWeightsEncoder", "init_args": {}}
+
 
 class LoRAEncoder(AdapterEncoder):
     """Frozen pretrained encoder plus one LoRA adapter per task (Hu et al. 2021, "LoRA:
@@ -219,11 +239,7 @@ class LoRAEncoder(AdapterEncoder):
         except ValueError as err:  # peft: unknown model type or target module
             name = type(self.model).__name__
             raise ConfigError(f"cannot add LoRA adapters to {name}: {err}") from err
-        for module in self.model.modules():
-            if isinstance(module, LoraLayer) and not getattr(module, "_mtlkit_hf_keys", False):
-                module.register_state_dict_post_hook(_hf_keys)
-                module.register_load_state_dict_pre_hook(_peft_keys)
-                module._mtlkit_hf_keys = True
+        keep_hf_keys(self.model)
         return new
 
     def forward(
@@ -241,6 +257,39 @@ class LoRAEncoder(AdapterEncoder):
                 return super().forward(input_ids, attention_mask, token_type_ids)
         self.adapters.activate(task)
         return super().forward(input_ids, attention_mask, token_type_ids)
+
+
+def keep_hf_keys(model: nn.Module) -> None:
+    """Makes the frozen weights of every peft layer injected into ``model`` (LoRA, AdaLoRA,
+    IA3) save and load under their Hugging Face keys (``...query.weight``, not peft's
+    ``...query.base_layer.weight``)."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and not getattr(module, "_mtlkit_hf_keys", False):
+            module.register_state_dict_post_hook(_hf_keys)
+            module.register_load_state_dict_pre_hook(_peft_keys)
+            module._mtlkit_hf_keys = True
+
+
+@torch.no_grad()
+def merged_weights(model: nn.Module, adapter: str) -> dict[str, Tensor]:
+    """The weights of ``model``'s peft layers with ``adapter`` merged in (peft's ``merge``), by
+    Hugging Face key; the model's own weights are restored bit for bit afterwards."""
+    merged = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, BaseTunerLayer) or not any(
+            adapter in getattr(module, layer) for layer in module.adapter_layer_names
+        ):
+            continue
+        base = module.get_base_layer()
+        saved = {k: v.clone() for k, v in base.named_parameters(recurse=False)}
+        module.merge(adapter_names=[adapter])
+        for key, value in base.named_parameters(recurse=False):
+            if not torch.equal(value, saved[key]):
+                merged[f"{name}.{key}"] = value.detach().cpu().clone().contiguous()
+        module.unmerge()
+        for key, value in base.named_parameters(recurse=False):
+            value.copy_(saved[key])
+    return merged
 
 
 def _base_params(module: nn.Module) -> list[str]:

@@ -160,6 +160,10 @@ class HFEncoder(nn.Module):
     def prepare_tasks(self, task_names: list[str]) -> None:
         """Called with the task names before training; per-task subclasses build their parts."""
 
+    def after_optimizer_step(self, step: int) -> None:
+        """Called after optimizer step ``step``, before its gradients are cleared (AdaLoRA's
+        rank budget update); nothing for a plain encoder."""
+
     def regularization(self) -> Tensor | None:
         """A penalty added to the training loss (soft sharing); ``None`` for none."""
         return None

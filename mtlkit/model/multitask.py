@@ -7,7 +7,9 @@ distillation teacher and the feature cache run the same object.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -87,7 +89,7 @@ class MultiTaskModel(nn.Module):
         Raises:
             ConfigError: Weights that do not fit the config, a missing head, other labels.
         """
-        encoder = HFEncoder(config=dict(source.encoder_config))
+        encoder = _encoder(source)
         state = encoder.model.load_state_dict(source.encoder_state, strict=False)
         unexpected = [k for k in state.unexpected_keys if not k.startswith("pooler.")]
         if state.missing_keys or unexpected:
@@ -97,6 +99,8 @@ class MultiTaskModel(nn.Module):
                 f"{state.missing_keys[:5]}, unexpected {unexpected[:5]})"
             )
         model = cls(encoder, source.pooling)  # type: ignore[arg-type]
+        if source.task_encoder is not None:  # each task's own part, once the base is loaded
+            encoder.prepare_tasks(list(tasks) if tasks is not None else list(source.specs))
         if tasks is None:
             for name, spec in source.specs.items():
                 head = spec["head"]
@@ -210,7 +214,10 @@ class MultiTaskModel(nn.Module):
         return out
 
     def shared_forward(self, batch: dict[str, Tensor], names: list[str]) -> dict[str, Tensor]:
-        """The logits of several tasks that read the same inputs: one encoder pass, one pooling."""
+        """The logits of several tasks that read the same inputs: one encoder pass, one pooling
+        (one pass per task for per-task encoders)."""
+        if getattr(self.encoder, "per_task", False) and len(names) > 1:
+            return {k: v for n in names for k, v in self.shared_forward(batch, [n]).items()}
         hidden = self.encode({names[0]: batch})[names[0]]
         pooled = None
         out = {}
@@ -234,6 +241,26 @@ def scatter_turns(vectors: Tensor, turn_mask: Tensor) -> Tensor:
     out = vectors.new_zeros(*turn_mask.shape, vectors.shape[-1])
     out[turn_mask] = vectors
     return out
+
+
+def _encoder(source: ModelSource) -> HFEncoder:
+    """The encoder of a source: a plain one, or the per-task encoder class its export names
+    (torch-only classes such as :mod:`mtlkit.model.task_encoders`), reading the task parts."""
+    spec = source.task_encoder
+    if spec is None:
+        return HFEncoder(config=dict(source.encoder_config))
+    module_name, _, name = str(spec["class_path"]).rpartition(".")
+    if not module_name.startswith("mtlkit.model."):  # only mtlkit's own (torch-only) encoders
+        raise ConfigError(f"{source.path}: task_encoder {spec['class_path']!r} is not mtlkit's")
+    cls = getattr(importlib.import_module(module_name), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, HFEncoder) and cls.per_task):
+        raise ConfigError(
+            f"{source.path}: task_encoder {spec['class_path']!r} is no per-task encoder"
+        )
+    folder = Path(spec["folder"])
+    args = dict(spec.get("init_args", {}))
+    args |= {k: str(folder / v) for k, v in spec.get("paths", {}).items()}
+    return cls(config=dict(source.encoder_config), adapters_from=str(folder), **args)
 
 
 def _source_head(source: ModelSource, name: str, task: Task, encoder: HFEncoder) -> nn.Module:

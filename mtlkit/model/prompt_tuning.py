@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from peft import PromptTuningConfig, PromptTuningInit, TaskType
+from safetensors.torch import save_file
 from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.model.adapters import AdapterEncoder
+from mtlkit.model.task_encoders import PROMPT_FILE, run_with_prompt
 
 
 class PromptTuningEncoder(AdapterEncoder):
@@ -24,8 +27,8 @@ class PromptTuningEncoder(AdapterEncoder):
     token has attended to the prompt. The concatenation is done here rather than in peft's
     ``PeftModelForFeatureExtraction.forward``, which drops ``token_type_ids`` (sentence pairs).
 
-    Prefix tuning (peft's ``PrefixTuningConfig``, past key values) also runs on BERT with
-    transformers 5; it is not shipped here.
+    Prefix tuning (key/value prefixes in every layer) is
+    :class:`~mtlkit.model.prefix_tuning.PrefixTuningEncoder`.
 
     Args:
         name_or_path: See :class:`HFEncoder`.
@@ -79,22 +82,18 @@ class PromptTuningEncoder(AdapterEncoder):
             return super().forward(input_ids, attention_mask, token_type_ids)
         self.adapters.activate(task)
         assert self.adapters.peft_model is not None
-        n, (batch, length) = self.num_virtual_tokens, input_ids.shape
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if limit is not None and n + length > limit:
-            raise ConfigError(
-                f"task {task!r}: {length} tokens + {n} virtual tokens exceed the encoder's "
-                f"{limit} positions; lower the task's max_length"
-            )
-        embeds = self.model.get_input_embeddings()(input_ids)
-        prompts = self.adapters.peft_model.get_prompt(batch_size=batch).to(embeds.dtype)
-        ones = attention_mask.new_ones(batch, n)
-        kwargs = {}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = torch.cat([torch.zeros_like(ones), token_type_ids], 1)
-        out = self.model(
-            inputs_embeds=torch.cat([prompts, embeds], 1),
-            attention_mask=torch.cat([ones, attention_mask], 1),
-            **kwargs,
-        )
-        return out.last_hidden_state[:, n:]
+        prompts = self.adapters.peft_model.get_prompt(batch_size=input_ids.shape[0])
+        return run_with_prompt(self.model, prompts, input_ids, attention_mask, token_type_ids, task)
+
+    @torch.no_grad()
+    def export_task_encoder(self, folder: str | Path) -> dict[str, Any]:
+        """For an export: each task's prompt embeddings, written to ``folder/<task>/`` and read
+        back by :class:`~mtlkit.model.task_encoders.PromptEmbeddingEncoder` (no peft needed)."""
+        assert self.adapters.peft_model is not None
+        for name in self.adapters.names:
+            self.adapters.activate(name)
+            prompt = self.adapters.peft_model.get_prompt(batch_size=1)[0]
+            out = Path(folder) / name
+            out.mkdir(parents=True, exist_ok=True)
+            save_file({"prompt": prompt.detach().cpu().contiguous()}, str(out / PROMPT_FILE))
+        return {"class_path": "mtlkit.model.task_encoders.PromptEmbeddingEncoder", "init_args": {}}

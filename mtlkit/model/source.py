@@ -32,11 +32,16 @@ from mtlkit.errors import ConfigError
 from mtlkit.paths import resolve_path
 
 FORMAT = "mtlkit-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The version of exports without a per-task encoder (readable by mtlkit before version 2).
+PLAIN_FORMAT_VERSION = 1
 META_FILE = "mtlkit.json"
 HEADS_FILE = "heads.safetensors"
 ENCODER_DIR = "encoder"
 TOKENIZER_DIR = "tokenizer"
+#: Version 2: each task's own encoder part (adapters, merged weights, prefixes), described by
+#: ``mtlkit.json``'s ``task_encoder`` (``class_path``, ``init_args``, ``paths``).
+TASK_ENCODER_DIR = "task_encoder"
 #: Checkpoint state-dict prefixes of the shared encoder's Hugging Face model and of the heads.
 ENCODER_PREFIX = "encoder.model."
 HEADS_PREFIX = "heads."
@@ -55,6 +60,9 @@ class ModelSource:
         pooling: The sentence pooling the heads were trained with.
         specs: Exported folders: each task's ``mtlkit.json`` entry (level, kind, head shape,
             tokenization); empty for checkpoints.
+        task_encoder: Exported folders of per-task encoders: the class that reads each task's
+            own part (``class_path``, ``init_args``, ``paths``; see
+            :mod:`mtlkit.model.task_encoders`) and ``folder``, where those parts are.
     """
 
     path: str
@@ -64,6 +72,7 @@ class ModelSource:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     pooling: str = "mean"
     specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_encoder: dict[str, Any] | None = None
 
 
 # ------------------------------------------------------------------------ exported folders
@@ -155,7 +164,15 @@ def source_from_parts(
         tasks={n: dict(s.get("head_state", {})) for n, s in meta["tasks"].items()},
         pooling=meta.get("pooling", "mean"),
         specs={n: dict(s) for n, s in meta["tasks"].items()},
+        task_encoder=_task_encoder(meta, path),
     )
+
+
+def _task_encoder(meta: dict[str, Any], path: str) -> dict[str, Any] | None:
+    spec = meta.get("task_encoder")
+    if spec is None:
+        return None
+    return {"folder": str(Path(path) / TASK_ENCODER_DIR)} | dict(spec)
 
 
 def read_exported(folder: str | Path) -> ModelSource:

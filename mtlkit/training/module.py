@@ -201,6 +201,32 @@ class MultiTaskModule(L.LightningModule):
         if frozen is not None:  # heads learn on the data module's cached features
             self.model.load_frozen_encoder(*frozen)
 
+    def trainable_parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters by owner: ``encoder/<task>`` (per-task adapters, prompts, ...),
+        ``encoder/shared`` (the rest of the encoder), ``heads/<task>`` and ``total``."""
+        counts, seen = {}, set()
+        if self.encoder.per_task:
+            for name in self.task_names:
+                own = self.encoder.task_parameters(name)
+                counts[f"encoder/{name}"] = sum(p.numel() for p in own)
+                seen.update(id(p) for p in own)
+        shared = [p for p in self.encoder.parameters() if p.requires_grad and id(p) not in seen]
+        counts["encoder/shared"] = sum(p.numel() for p in shared)
+        for name, head in self.heads.items():
+            counts[f"heads/{name}"] = sum(p.numel() for p in head.parameters() if p.requires_grad)
+        counts["total"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return counts
+
+    def on_fit_start(self) -> None:
+        # One line and one metric per owner: what each task's method (adapters, LoRA, prompts)
+        # and head train, next to the shared encoder.
+        counts = self.trainable_parameter_counts()
+        rank_zero_info(
+            "trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+        )
+        if self.logger is not None:
+            self.logger.log_metrics({f"params/{k}": float(v) for k, v in counts.items()}, step=0)
+
     # ------------------------------------------------------------ forward
     def forward(self, sub_batches: dict[str, dict[str, Tensor]]) -> dict[str, TaskOutput]:
         """Head outputs (``logits``) and head inputs (``features``): the model's forward."""
@@ -277,6 +303,8 @@ class MultiTaskModule(L.LightningModule):
         self._scaled_optimizer_step(*args, **kwargs)
         if check:
             self._check_step()
+        # Gradients are still there (cleared at the next step): AdaLoRA's budget update.
+        self.encoder.after_optimizer_step(self.global_step)
 
     def _scaled_optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         scaler = self._scaler()
