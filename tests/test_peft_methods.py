@@ -409,6 +409,7 @@ def test_init_from_an_export_of_a_per_task_model(tmp_path):
         init_from=str(tmp_path / "export"),
         init_heads=list(TASKS),
     )
+    target.configure_model()  # building the model reads init_from
     for key, value in _base(model.encoder).items():
         assert torch.equal(target.encoder.model.state_dict()[key], value), key
     for task in TASKS:
@@ -457,6 +458,7 @@ def test_init_from_loads_the_base_weights_both_ways(name, tmp_path):
     plain.on_save_checkpoint(ckpt)
     torch.save(ckpt, tmp_path / "plain.ckpt")
     model = _module(name, seed=4, init_from=str(tmp_path / "plain.ckpt"))
+    model.configure_model()  # building the model reads init_from
     for key, value in _base(plain.encoder).items():
         assert torch.equal(model.encoder.model.state_dict()[key], value), key
     new = [k for k in model.init_report.new if k.startswith("encoder.")]
@@ -473,6 +475,7 @@ def test_init_from_loads_the_base_weights_both_ways(name, tmp_path):
         lr_scheduler=None,
         init_from=str(tmp_path / "method.ckpt"),
     )
+    target.configure_model()
     for key, value in _base(plain.encoder).items():
         assert torch.equal(target.encoder.model.state_dict()[key], value), key
 
