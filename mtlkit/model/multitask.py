@@ -7,7 +7,8 @@ distillation teacher and the feature cache run the same object.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -23,7 +24,7 @@ from mtlkit.model.weights import InitReport, load_weights
 if TYPE_CHECKING:
     from mtlkit.tasks.base import Task
 
-Level = Literal["sequence", "token"]
+Level = Literal["sequence", "token", "text"]
 TaskOutput = dict[str, Tensor]
 SubBatches = dict[str, dict[str, Tensor]]
 
@@ -36,8 +37,11 @@ class MultiTaskModel(nn.Module):
             ``encoder(input_ids, attention_mask, token_type_ids[, task=])`` that returns token
             states; ``per_task`` encoders run once per task).
         pooling: Sentence vector of sequence-level heads: ``cls`` or ``mean``.
-        heads: Each task's head (input: the pooled vector, or every token state).
-        levels: Each task's level, ``sequence`` or ``token`` (default ``sequence``).
+        heads: Each task's head (input: the pooled vector, or every token state). A head with
+            ``reads_batch = True`` (generation decoders, :mod:`mtlkit.model.decoders`) is called
+            as ``head(token_states, sub_batch)`` and has a ``generate`` method.
+        levels: Each task's level, ``sequence``, ``token`` or ``text`` (generation; default
+            ``sequence``).
         decoders: Each task's output decoding (default: raw logits).
     """
 
@@ -182,7 +186,7 @@ class MultiTaskModel(nn.Module):
         for name, batch in sub_batches.items():
             if name in cached:
                 out[name] = cached[name]
-            elif self.levels.get(name, "sequence") == "token":
+            elif self.levels.get(name, "sequence") != "sequence":
                 out[name] = hidden[name]
             else:
                 out[name] = pool(hidden[name], batch["attention_mask"], self.pooling)
@@ -191,9 +195,28 @@ class MultiTaskModel(nn.Module):
     def forward(self, sub_batches: SubBatches) -> dict[str, TaskOutput]:
         """Head outputs (``logits``) and head inputs (``features``) for every task present."""
         return {
-            name: {"features": features, "logits": self.heads[name](features)}
+            name: {"features": features, "logits": self._head(name, features, sub_batches[name])}
             for name, features in self.head_inputs(sub_batches).items()
         }
+
+    def _head(self, name: str, features: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        head = self.heads[name]
+        return head(features, batch) if getattr(head, "reads_batch", False) else head(features)
+
+    def generator(
+        self, name: str, features: Tensor, batch: dict[str, Tensor]
+    ) -> Callable[..., Tensor]:
+        """``generate(**settings)`` of task ``name``'s head on one sub-batch's token states
+        (``features`` of :meth:`forward`), for heads that generate."""
+        head = self.heads[name]
+        if not hasattr(head, "generate"):
+            return _cannot_generate(name)
+        return partial(head.generate, features, batch["attention_mask"])
+
+    def generate(self, name: str, batch: dict[str, Tensor], **settings: Any) -> Tensor:
+        """Generated token ids of task ``name`` for one (source) sub-batch."""
+        hidden = self.encode({name: batch})[name]
+        return self.generator(name, hidden, batch)(**settings)
 
     def shared_forward(self, batch: dict[str, Tensor], names: list[str]) -> dict[str, Tensor]:
         """The logits of several tasks that read the same inputs: one encoder pass, one pooling."""
@@ -214,6 +237,13 @@ class MultiTaskModel(nn.Module):
         return self.decoders[name].decode(logits, **inputs)
 
 
+def _cannot_generate(name: str) -> Callable[..., Tensor]:
+    def generate(**_: Any) -> Tensor:
+        raise ConfigError(f"task {name!r}: its head does not generate text")
+
+    return generate
+
+
 def _source_head(source: ModelSource, name: str, task: Task, encoder: HFEncoder) -> nn.Module:
     """``task``'s head (built by the task) with the source's weights; labels checked."""
     if name not in source.heads:
@@ -232,7 +262,7 @@ def _source_head(source: ModelSource, name: str, task: Task, encoder: HFEncoder)
         raise ConfigError(
             f"task {name!r}: the teacher's labels differ from the student's ({detail})"
         )
-    head = task.build_head(encoder.hidden_size, 0.0)
+    head = task.build_head_on(encoder, 0.0)
     try:
         head.load_state_dict(source.heads[name])
     except RuntimeError as err:

@@ -1,6 +1,7 @@
 """Task types, one per module, all under :class:`mtlkit.tasks.base.Task`."""
 
 from mtlkit.tasks.base import IGNORE_INDEX, Task
+from mtlkit.tasks.generation import Seq2SeqGeneration
 from mtlkit.tasks.multi_label import MultiLabelClassification
 from mtlkit.tasks.regression import Regression
 from mtlkit.tasks.sequence_classification import SequenceClassification
@@ -10,6 +11,7 @@ __all__ = [
     "IGNORE_INDEX",
     "MultiLabelClassification",
     "Regression",
+    "Seq2SeqGeneration",
     "SequenceClassification",
     "Task",
     "TokenClassification",

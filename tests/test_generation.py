@@ -1,0 +1,184 @@
+"""Seq2SeqGeneration: loss, data checks, warm-started decoder, generation, fit in both modes."""
+
+from __future__ import annotations
+
+import math
+import random
+from functools import partial
+
+import pytest
+import torch
+from helpers import WORDS, quiet_trainer, tiny_model, toy_datamodule, toy_task
+from transformers import BertConfig, BertLMHeadModel, BertModel, EncoderDecoderModel
+
+from mtlkit.data import InMemory
+from mtlkit.errors import DataError
+from mtlkit.model import HFEncoder, MultiTaskModel
+from mtlkit.model.decoders import WarmStartDecoder, shift_right
+from mtlkit.tasks import Seq2SeqGeneration
+from mtlkit.testing import TINY_ENCODER, build_tiny_tokenizer
+
+TOKENS = {"decoder_start_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
+
+
+def reverse_data(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Sources of 2-6 words; the target is the first three words reversed."""
+    rng = random.Random(seed)
+    src, tgt = [], []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(2, 6))]
+        src.append(" ".join(words))
+        tgt.append(" ".join(reversed(words[:3])))
+    return src, tgt
+
+
+def gen_task(name: str = "gen", **kw) -> Seq2SeqGeneration:
+    s, t = reverse_data(40)
+    vs, vt = reverse_data(12, seed=1)
+    source = InMemory({"train": {"text": s, "target": t}, "validation": {"text": vs, "target": vt}})
+    return Seq2SeqGeneration(name, source, max_target_length=8, **kw)
+
+
+def test_loss_ignores_padding_by_hand():
+    task = Seq2SeqGeneration("g", InMemory({"train": {"text": ["a"], "target": ["b"]}}))
+    logits = torch.zeros(1, 3, 3)
+    logits[0, 0, 1] = math.log(2.0)  # p = [1/4, 1/2, 1/4]: -log p(1) = log 2
+    logits[0, 2] = torch.tensor([50.0, -50.0, 0.0])  # a padded position: must not count
+    labels = torch.tensor([[1, 2, -100]])  # position 1 is uniform: -log p(2) = log 3
+    assert float(task.loss(logits, labels)) == pytest.approx(math.log(6.0) / 2, abs=1e-6)
+    assert task.loss_count(labels) == 2
+    # label smoothing 0.1: (1 - 0.1) * nll + 0.1 * mean_k(-log p_k) per token
+    smoothed = Seq2SeqGeneration(
+        "g", InMemory({"train": {"text": ["a"], "target": ["b"]}}), label_smoothing=0.1
+    )
+    first = 0.9 * math.log(2) + 0.1 * (2 * math.log(4) + math.log(2)) / 3
+    second = math.log(3)
+    assert float(smoothed.loss(logits, labels)) == pytest.approx((first + second) / 2, abs=1e-6)
+
+
+def test_empty_target_names_task_split_column_row():
+    source = InMemory({"train": {"text": ["a b", "c d", "e"], "target": ["x", "  ", "y"]}})
+    task = Seq2SeqGeneration("headline", source)
+    with pytest.raises(
+        DataError, match=r"task 'headline': split 'train' column 'target': empty text in row 1"
+    ):
+        task.load()
+
+
+def test_targets_drop_cls_and_end_with_sep(tiny_tokenizer):
+    task = gen_task()
+    task.bind_tokenizer(tiny_tokenizer)
+    out = task.tokenize({"text": ["good movie"], "target": ["bad film"]}, tiny_tokenizer)
+    vocab = tiny_tokenizer.get_vocab()
+    assert out["labels"] == [[vocab["bad"], vocab["film"], vocab["[SEP]"]]]
+    assert task.tokens == {
+        "decoder_start_token_id": vocab["[CLS]"],
+        "eos_token_id": vocab["[SEP]"],
+        "pad_token_id": vocab["[PAD]"],
+    }
+    assert shift_right(torch.tensor([[7, 8, -100]]), 2, 0).tolist() == [[2, 7, 8]]
+
+
+def test_warm_start_copies_encoder_weights_and_adds_cross_attention():
+    torch.manual_seed(0)
+    encoder = HFEncoder(config=dict(TINY_ENCODER))
+    head = WarmStartDecoder(encoder, TOKENS)
+    enc_state = encoder.model.state_dict()
+    dec_state = head.decoder.base_model.state_dict()
+    copied = [k for k in dec_state if "crossattention" not in k]
+    assert copied and all(torch.equal(dec_state[k], enc_state[k]) for k in copied)
+    assert all(dec_state[k].data_ptr() != enc_state[k].data_ptr() for k in copied)  # copies
+    cross = [k for k in dec_state if "crossattention" in k]
+    assert len(cross) == 2 * 10  # q, k, v, output dense (weight+bias) and LayerNorm, 2 layers
+    assert all(k not in enc_state for k in cross)
+    # the output projection reads the (copied) word embeddings
+    assert head.decoder.get_output_embeddings().weight is head.decoder.get_input_embeddings().weight
+
+
+def test_tied_decoder_shares_encoder_weights():
+    encoder = HFEncoder(config=dict(TINY_ENCODER))
+    head = WarmStartDecoder(encoder, TOKENS, tie_encoder=True)
+    enc = {id(p) for p in encoder.parameters()}
+    own = [n for n, p in head.named_parameters() if id(p) not in enc]
+    assert own and all("crossattention" in n or n.startswith("decoder.cls.") for n in own)
+    layer = head.decoder.base_model.encoder.layer[1]
+    assert layer.attention is encoder.model.encoder.layer[1].attention
+    assert (
+        head.decoder.get_output_embeddings().weight
+        is encoder.model.embeddings.word_embeddings.weight
+    )
+    # a training step moves the shared weight once (one optimizer group holds it)
+    task = gen_task(decoder=partial(WarmStartDecoder, tie_encoder=True))
+    task.tokens = dict(TOKENS)
+    module = tiny_model([task], lr_scheduler=None)
+    groups = module.configure_optimizers().param_groups
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))
+
+
+def _reference(encoder: HFEncoder, head: WarmStartDecoder) -> EncoderDecoderModel:
+    """A separate transformers EncoderDecoderModel with copies of the same weights."""
+    ref_encoder = BertModel(BertConfig(**encoder.model.config.to_dict()), add_pooling_layer=False)
+    ref_encoder.load_state_dict(encoder.model.state_dict())
+    ref_decoder = BertLMHeadModel(BertConfig(**head.decoder.config.to_dict()))
+    ref_decoder.load_state_dict(head.decoder.state_dict())
+    return EncoderDecoderModel(encoder=ref_encoder, decoder=ref_decoder).eval()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"num_beams": 1, "max_new_tokens": 7},
+        {"num_beams": 3, "max_new_tokens": 6, "length_penalty": 0.5, "no_repeat_ngram_size": 2},
+    ],
+    ids=["greedy", "beam"],
+)
+def test_generation_equals_transformers_generate(settings):
+    torch.manual_seed(1)
+    tokenizer = build_tiny_tokenizer()
+    encoder = HFEncoder(config=dict(TINY_ENCODER))
+    head = WarmStartDecoder(encoder, TOKENS)
+    with torch.no_grad():  # a trained-looking decoder: cross-attention matters for the output
+        for p in head.decoder.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    model = MultiTaskModel(encoder, heads={"gen": head}, levels={"gen": "text"}).eval()
+    batch = dict(
+        tokenizer(["good movie now", "who is john in paris"], padding=True, return_tensors="pt")
+    )
+    ours = model.generate("gen", batch, do_sample=False, **settings)
+    ref = _reference(encoder, head).generate(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"],
+        do_sample=False,
+        **TOKENS,
+        **settings,
+    )
+    assert ref[:, 0].tolist() == [2, 2]
+    assert torch.equal(ours, ref[:, 1:])
+    assert len(set(map(tuple, ours.tolist()))) == 2  # the two inputs decode differently
+
+
+@pytest.mark.parametrize("mode", ["homogeneous", "mixed"])
+def test_fit_generation_with_classification(tmp_path, mode):
+    gen, cls = gen_task(), toy_task("cls")
+    module = tiny_model([gen, cls])
+    trainer = quiet_trainer(
+        tmp_path,
+        accelerator="cpu",
+        max_steps=5,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, toy_datamodule([gen, cls], batch_mode=mode))
+    logged = trainer.callback_metrics
+    for name in ("bleu", "rouge1", "rouge2", "rougeL", "chrf", "exact_match", "loss"):
+        value = float(logged[f"val/gen/{name}"])
+        assert math.isfinite(value) and (name == "loss" or 0.0 <= value <= 1.0)
+    assert "val/cls/accuracy" in logged
+    assert float(logged["val/mean"]) == pytest.approx(
+        (float(logged["val/gen/rougeL"]) + float(logged["val/cls/accuracy"])) / 2
+    )
+    # predictions are texts
+    preds = module.predict_step(next(iter(trainer.datamodule.val_dataloader()[0])), 0)
+    assert all(isinstance(t, str) for t in preds["gen"])
