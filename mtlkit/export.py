@@ -5,7 +5,8 @@ distillation teachers through :func:`read_exported`)::
 
     encoder/            Hugging Face ``save_pretrained`` (config.json, model.safetensors)
     tokenizer/          Hugging Face ``save_pretrained``
-    heads.safetensors   every head's tensors, keys ``<task>.<param>``
+    heads.safetensors   every linear head's tensors, keys ``<task>.<param>``
+    decoders/<task>/    generation tasks: the decoder, Hugging Face ``save_pretrained``
     mtlkit.json         format version, pooling and, per task, how to tokenize its input and
                         how to read its outputs (labels, threshold, target scale)
 """
@@ -23,6 +24,7 @@ from torch import nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.model.source import (
+    DECODERS_DIR,
     ENCODER_DIR,
     FORMAT,
     FORMAT_VERSION,
@@ -79,7 +81,12 @@ def export_model(
     tensors, specs = {}, {}
     for name, task in module.tasks.items():
         head = model.heads[name]
-        specs[name] = _task_spec(task, head)
+        if hasattr(head, "save_decoder"):  # a generation head: a Hugging Face decoder folder
+            with quiet_transformers():
+                head.save_decoder(folder / DECODERS_DIR / name)
+            specs[name] = _task_spec(task, {"decoder": f"{DECODERS_DIR}/{name}"})
+            continue
+        specs[name] = _task_spec(task, _linear_spec(head, name))
         for key, value in head.state_dict().items():
             tensors[f"{name}.{key}"] = value.detach().to("cpu", torch.float32).contiguous()
     with quiet_transformers():
@@ -92,7 +99,7 @@ def export_model(
     return folder
 
 
-def _task_spec(task: Task, head: nn.Module) -> dict[str, Any]:
+def _task_spec(task: Task, head: dict[str, Any]) -> dict[str, Any]:
     # The task type says how its outputs are read (kind, threshold, ...): mtlkit.model.outputs.
     output = dict(task.output_spec())
     cls = type(task)
@@ -101,7 +108,7 @@ def _task_spec(task: Task, head: nn.Module) -> dict[str, Any]:
         "kind": output.pop("kind", "logits"),
         "level": task.level,
         "head_state": _json_safe(task.label_state(), task.name),
-        "head": _linear_spec(head, task.name),
+        "head": head,
         "text_column": task.text_column,
         "text_pair_column": getattr(task, "text_pair_column", None),
         "label_column": task.label_column,
@@ -116,7 +123,7 @@ def _linear_spec(head: nn.Module, task: str) -> dict[str, Any]:
     if len(linears) != 1 or others:
         raise ConfigError(
             f"cannot export task {task!r}: its head is not a single linear layer "
-            f"({head}); export supports linear heads only"
+            f"({head}); export supports linear heads and Hugging Face decoders only"
         )
     name, linear = linears[0]
     prefix = f"{name}." if name else ""

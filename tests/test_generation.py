@@ -182,3 +182,41 @@ def test_fit_generation_with_classification(tmp_path, mode):
     # predictions are texts
     preds = module.predict_step(next(iter(trainer.datamodule.val_dataloader()[0])), 0)
     assert all(isinstance(t, str) for t in preds["gen"])
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["copied", "tied"])
+def test_export_round_trip_generates_the_same_text(tmp_path, tie):
+    from mtlkit.cli import predict_exported
+    from mtlkit.export import export_model
+    from mtlkit.inference import ExportedModel
+
+    decoder = partial(WarmStartDecoder, tie_encoder=tie)
+    gen = gen_task(decoder=decoder, num_beams=2, max_new_tokens=6, no_repeat_ngram_size=2)
+    cls = toy_task("cls")
+    module = tiny_model([gen, cls])
+    trainer = quiet_trainer(tmp_path, accelerator="cpu", max_steps=3, limit_val_batches=0)
+    trainer.fit(module, toy_datamodule([gen, cls]))
+    tokenizer = trainer.datamodule.tokenizer
+    texts = ["good movie now", "who is john in paris", "sad day"]
+    module.eval()
+    batch = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        ids = module.model.generate("gen", batch, **gen.generation)
+    before = gen.decode(ids)
+    assert any(before)  # some text was generated
+
+    folder = export_model(module, tokenizer, tmp_path / "exported")
+    assert (folder / "decoders" / "gen" / "config.json").exists()
+    exported = ExportedModel.from_folder(folder)
+    predictions = exported.predict(texts)
+    assert [p["text"] for p in predictions["gen"]] == before
+    assert set(predictions["cls"][0]) == {"label", "probabilities"}
+
+    lines = tmp_path / "in.txt"
+    lines.write_text("\n".join(texts) + "\n")
+    out = tmp_path / "out.jsonl"
+    predict_exported(str(folder), str(lines), str(out), tasks=["gen"])
+    import json
+
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["predictions"]["gen"]["text"] for r in rows] == before

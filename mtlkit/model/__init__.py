@@ -7,10 +7,12 @@ imported when it is asked for (``mtlkit.model.MultiTaskModule``, as configs name
 
 from typing import Any
 
+from mtlkit.model.decoders import WarmStartDecoder
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.multitask import MultiTaskModel
+from mtlkit.model.seq2seq import Seq2SeqBackbone
 
-__all__ = ["HFEncoder", "MultiTaskModel", "MultiTaskModule"]
+__all__ = ["HFEncoder", "MultiTaskModel", "MultiTaskModule", "Seq2SeqBackbone", "WarmStartDecoder"]
 
 
 def __getattr__(name: str) -> Any:

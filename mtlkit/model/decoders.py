@@ -10,6 +10,7 @@ once per batch and the decoding loop is transformers'.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -102,7 +103,36 @@ class Seq2SeqHead(nn.Module):
         return ids[:, 1:]
 
 
-class WarmStartDecoder(Seq2SeqHead):
+class CausalLMDecoder(Seq2SeqHead):
+    """A Hugging Face causal LM with cross-attention (``is_decoder=True,
+    add_cross_attention=True``) as the decoder on the shared encoder, e.g. one read back from
+    an export (``decoders/<task>/``).
+
+    Args:
+        encoder: The shared encoder (an ``HFEncoder``: its Hugging Face model is ``.model``).
+        tokens: Start, end and padding token ids (:data:`TOKEN_KEYS`).
+        decoder: The decoder model.
+    """
+
+    def __init__(self, encoder: nn.Module, tokens: Tokens, decoder: PreTrainedModel) -> None:
+        super().__init__()
+        if not getattr(decoder.config, "add_cross_attention", False):
+            raise ConfigError(
+                f"{type(decoder).__name__} has no cross-attention: build it with "
+                "is_decoder=True, add_cross_attention=True"
+            )
+        self.decoder = decoder
+        seq2seq = EncoderDecoderModel(encoder=encoder.model, decoder=decoder)
+        if getattr(seq2seq, "enc_to_dec_proj", None) is not None:  # other hidden sizes
+            self.enc_to_dec_proj = seq2seq.enc_to_dec_proj
+        self._attach(seq2seq, tokens)
+
+    def save_decoder(self, folder: str | Path) -> None:
+        """Writes the decoder as a Hugging Face folder (``save_pretrained``)."""
+        self.decoder.save_pretrained(folder)
+
+
+class WarmStartDecoder(CausalLMDecoder):
     """A Transformer decoder with cross-attention on the shared encoder, warm-started from the
     encoder's own weights (Rothe, Narayan & Severyn 2020, "Leveraging Pre-trained Checkpoints for
     Sequence Generation Tasks", BERT2BERT): the encoder's architecture as a causal decoder
@@ -129,7 +159,6 @@ class WarmStartDecoder(Seq2SeqHead):
         name_or_path: str | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
         if name_or_path is not None and config is not None:
             raise ConfigError("WarmStartDecoder takes name_or_path or config, not both")
         if tie_encoder and (name_or_path is not None or config is not None):
@@ -137,7 +166,7 @@ class WarmStartDecoder(Seq2SeqHead):
         hf_encoder = encoder.model
         extra = {"is_decoder": True, "add_cross_attention": True}
         if name_or_path is not None:
-            self.decoder = AutoModelForCausalLM.from_pretrained(resolve_path(name_or_path), **extra)
+            decoder = AutoModelForCausalLM.from_pretrained(resolve_path(name_or_path), **extra)
         else:
             cfg = dict(config) if config is not None else hf_encoder.config.to_dict()
             model_type = cfg.pop("model_type", None)
@@ -145,29 +174,30 @@ class WarmStartDecoder(Seq2SeqHead):
                 raise ConfigError("WarmStartDecoder config needs a 'model_type' key")
             for key in ("architectures", "transformers_version", "_name_or_path"):
                 cfg.pop(key, None)
-            self.decoder = AutoModelForCausalLM.from_config(
+            decoder = AutoModelForCausalLM.from_config(
                 AutoConfig.for_model(model_type, **{**cfg, **extra})
             )
             if config is None:
-                self._warm_start(hf_encoder, tie_encoder)
-        self.decoder.train()
-        self._attach(EncoderDecoderModel(encoder=hf_encoder, decoder=self.decoder), tokens)
+                _warm_start(decoder, hf_encoder, tie_encoder)
+        super().__init__(encoder, tokens, decoder.train())
 
-    def _warm_start(self, hf_encoder: nn.Module, tie: bool) -> None:
-        base = self.decoder.base_model
-        state = base.load_state_dict(hf_encoder.state_dict(), strict=False)
-        # Only cross-attention is new; anything else missing means another architecture.
-        missing = [k for k in state.missing_keys if "crossattention" not in k]
-        if missing or state.unexpected_keys:
-            raise ConfigError(
-                f"cannot warm-start a decoder from {type(hf_encoder).__name__}: missing "
-                f"{missing[:5]}, unexpected {state.unexpected_keys[:5]}"
-            )
-        if tie:
-            _share_weights(hf_encoder, base)
-            output = self.decoder.get_output_embeddings()
-            if output is not None:  # the LM head reads the (now shared) word embeddings
-                output.weight = self.decoder.get_input_embeddings().weight
+
+def _warm_start(decoder: PreTrainedModel, hf_encoder: nn.Module, tie: bool) -> None:
+    """Copies (or, with ``tie``, shares) the encoder's weights into the decoder."""
+    base = decoder.base_model
+    state = base.load_state_dict(hf_encoder.state_dict(), strict=False)
+    # Only cross-attention is new; anything else missing means another architecture.
+    missing = [k for k in state.missing_keys if "crossattention" not in k]
+    if missing or state.unexpected_keys:
+        raise ConfigError(
+            f"cannot warm-start a decoder from {type(hf_encoder).__name__}: missing "
+            f"{missing[:5]}, unexpected {state.unexpected_keys[:5]}"
+        )
+    if tie:
+        _share_weights(hf_encoder, base)
+        output = decoder.get_output_embeddings()
+        if output is not None:  # the LM head reads the (now shared) word embeddings
+            output.weight = decoder.get_input_embeddings().weight
 
 
 def _share_weights(encoder: nn.Module, decoder: nn.Module) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
+from mtlkit.model.decoders import CausalLMDecoder
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.outputs import OutputDecoder, output_decoder
 from mtlkit.model.pooling import Pooling, pool
@@ -96,6 +97,12 @@ class MultiTaskModel(nn.Module):
         if tasks is None:
             for name, spec in source.specs.items():
                 head = spec["head"]
+                if "decoder" in head:  # a generation task: its exported decoder
+                    tokens = spec["head_state"]["tokens"]
+                    decoder = CausalLMDecoder(encoder, tokens, source.decoders[name])
+                    model.add_task(name, spec["level"], decoder)
+                    model.decoders[name] = output_decoder(spec, 1)
+                    continue
                 linear = nn.Linear(
                     head["in_features"], head["out_features"], bias=bool(head["bias"])
                 )

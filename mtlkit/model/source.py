@@ -6,7 +6,8 @@ What :class:`~mtlkit.model.multitask.MultiTaskModel` is built from (distillation
 
     encoder/            Hugging Face ``save_pretrained`` (config.json, model.safetensors)
     tokenizer/          Hugging Face ``save_pretrained``
-    heads.safetensors   every head's tensors, keys ``<task>.<param>``
+    heads.safetensors   every linear head's tensors, keys ``<task>.<param>``
+    decoders/<task>/    generation tasks: the decoder, Hugging Face ``save_pretrained``
     mtlkit.json         format version, pooling and, per task, how to tokenize its input and
                         how to read its outputs (labels, threshold, target scale)
 
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from mtlkit.errors import ConfigError
@@ -36,6 +37,7 @@ FORMAT_VERSION = 1
 META_FILE = "mtlkit.json"
 HEADS_FILE = "heads.safetensors"
 ENCODER_DIR = "encoder"
+DECODERS_DIR = "decoders"
 TOKENIZER_DIR = "tokenizer"
 #: Checkpoint state-dict prefixes of the shared encoder's Hugging Face model and of the heads.
 ENCODER_PREFIX = "encoder.model."
@@ -55,6 +57,7 @@ class ModelSource:
         pooling: The sentence pooling the heads were trained with.
         specs: Exported folders: each task's ``mtlkit.json`` entry (level, kind, head shape,
             tokenization); empty for checkpoints.
+        decoders: Exported folders: each generation task's decoder model.
     """
 
     path: str
@@ -64,6 +67,7 @@ class ModelSource:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     pooling: str = "mean"
     specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    decoders: dict[str, PreTrainedModel] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------ exported folders
@@ -135,6 +139,8 @@ def _export_heads(
     """
     heads = {}
     for name, spec in specs.items():
+        if "decoder" in spec["head"]:  # a generation head: its own folder
+            continue
         keys = [f"{name}.{p}" for p in spec["head"]["params"]]
         absent = [k for k in keys if k not in flat]
         if absent:
@@ -143,10 +149,33 @@ def _export_heads(
     return heads
 
 
+def load_decoders(folder: str | Path, meta: dict[str, Any]) -> dict[str, PreTrainedModel]:
+    """The decoder folders of an export's generation tasks (``decoders/<task>/``).
+
+    Raises:
+        FileNotFoundError: A decoder folder named in ``mtlkit.json`` is missing.
+    """
+    out = {}
+    for name, spec in meta["tasks"].items():
+        sub = spec["head"].get("decoder")
+        if sub is None:
+            continue
+        if not (Path(folder) / sub / "config.json").exists():
+            raise FileNotFoundError(f"{folder} lacks the decoder of task {name!r} ({sub}/)")
+        with quiet_transformers():
+            out[name] = AutoModelForCausalLM.from_pretrained(str(Path(folder) / sub)).eval()
+    return out
+
+
 def source_from_parts(
-    path: str, encoder: PreTrainedModel, meta: dict[str, Any], flat: dict[str, Tensor]
+    path: str,
+    encoder: PreTrainedModel,
+    meta: dict[str, Any],
+    flat: dict[str, Tensor],
+    decoders: dict[str, PreTrainedModel] | None = None,
 ) -> ModelSource:
-    """An export's parts (encoder, ``mtlkit.json``, head tensors) as a :class:`ModelSource`."""
+    """An export's parts (encoder, ``mtlkit.json``, head tensors, decoders) as a
+    :class:`ModelSource`."""
     return ModelSource(
         path=path,
         encoder_config=encoder.config.to_dict(),
@@ -155,6 +184,7 @@ def source_from_parts(
         tasks={n: dict(s.get("head_state", {})) for n, s in meta["tasks"].items()},
         pooling=meta.get("pooling", "mean"),
         specs={n: dict(s) for n, s in meta["tasks"].items()},
+        decoders=dict(decoders or {}),
     )
 
 
@@ -168,7 +198,8 @@ def read_exported(folder: str | Path) -> ModelSource:
     try:
         meta = read_meta(folder, need_tokenizer=False)
         encoder = load_encoder(folder / ENCODER_DIR)
-        return source_from_parts(str(folder), encoder, meta, load_file(str(folder / HEADS_FILE)))
+        flat = load_file(str(folder / HEADS_FILE))
+        return source_from_parts(str(folder), encoder, meta, flat, load_decoders(folder, meta))
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from err
 
