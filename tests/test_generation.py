@@ -220,3 +220,51 @@ def test_export_round_trip_generates_the_same_text(tmp_path, tie):
 
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["predictions"]["gen"]["text"] for r in rows] == before
+
+
+def test_pair_source_is_encoded_as_a_text_pair(tiny_tokenizer):
+    source = InMemory({"train": {"text": ["good movie"], "context": ["bad film"], "target": ["x"]}})
+    task = Seq2SeqGeneration("g", source, text_pair_column="context")
+    task.bind_tokenizer(tiny_tokenizer)
+    out = task.tokenize(
+        {"text": ["good"], "context": ["bad film"], "target": ["x"]}, tiny_tokenizer
+    )
+    vocab = tiny_tokenizer.get_vocab()
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
+    assert out["input_ids"] == [[cls, vocab["good"], sep, vocab["bad"], vocab["film"], sep]]
+    assert out["token_type_ids"] == [[0, 0, 0, 1, 1, 1]]
+    assert task.required_columns() == ["text", "context", "target"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"primary_metric": "bleu4"}, "primary_metric must be one of"),
+        ({"num_beams": 0}, "num_beams must be an integer >= 1"),
+        ({"max_target_length": 1}, "max_target_length must be an integer >= 2"),
+        ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
+    ],
+)
+def test_bad_settings_are_one_config_error(kwargs, message):
+    from mtlkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"task 'g': {message}"):
+        Seq2SeqGeneration("g", InMemory({"train": {"text": ["a"], "target": ["b"]}}), **kwargs)
+
+
+def test_every_weighting_method_trains_with_a_generation_task(tmp_path):
+    from mtlkit.testing.methods import weighting_methods
+
+    # the shipped configs name the quickstart's tasks
+    overrides = {"static": {"weights": {"gen": 0.5}}, "uncertainty": {"regression_tasks": []}}
+    for name, method in weighting_methods().items():
+        gen, cls = gen_task(), toy_task("cls")
+        weighting = method.build(**overrides.get(name, {}))
+        module = tiny_model([gen, cls], weighting=weighting, lr_scheduler=None)
+        trainer = quiet_trainer(
+            tmp_path / name, accelerator="cpu", max_steps=2, limit_val_batches=0
+        )
+        trainer.fit(module, toy_datamodule([gen, cls], batch_mode="mixed"))
+        assert trainer.global_step == 2, name
+        assert math.isfinite(float(trainer.callback_metrics["train/gen/loss"])), name
+        assert math.isfinite(float(trainer.callback_metrics["train/gen/weight"])), name
