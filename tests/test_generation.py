@@ -268,3 +268,30 @@ def test_every_weighting_method_trains_with_a_generation_task(tmp_path):
         assert trainer.global_step == 2, name
         assert math.isfinite(float(trainer.callback_metrics["train/gen/loss"])), name
         assert math.isfinite(float(trainer.callback_metrics["train/gen/weight"])), name
+
+
+def test_mtlkit_export_of_a_generation_checkpoint(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from mtlkit.cli import cli_main, export_checkpoint
+    from mtlkit.inference import ExportedModel
+
+    config = str(Path(__file__).resolve().parents[1] / "configs/tiny/generation.yaml")
+    monkeypatch.chdir(tmp_path)
+    args = ["--trainer.max_steps=3", "--trainer.enable_checkpointing=true"]
+    args += ["--trainer.default_root_dir=run", "--trainer.limit_val_batches=0"]
+    cli = cli_main(["fit", "--config", config, *args])
+    ckpt = next(Path("run").rglob("*.ckpt"))
+    folder = export_checkpoint([config], str(ckpt), "exported")
+    texts = ["good game night", "who is happy"]
+    module = cli.model.eval()
+    tokenizer = cli.datamodule.tokenizer
+    with torch.no_grad():
+        ids = module.model.generate(
+            "reverse",
+            dict(tokenizer(texts, padding=True, return_tensors="pt")),
+            **module.tasks["reverse"].generation,
+        )
+    expected = module.tasks["reverse"].decode(ids)
+    predicted = ExportedModel.from_folder(folder).predict(texts, tasks=["reverse"])
+    assert [p["text"] for p in predicted["reverse"]] == expected
