@@ -30,6 +30,7 @@ from mtlkit.model.source import (
     FORMAT_VERSION,
     HEADS_FILE,
     META_FILE,
+    SEQ2SEQ,
     TOKENIZER_DIR,
     quiet_transformers,
     read_exported,
@@ -79,8 +80,13 @@ def export_model(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors, specs = {}, {}
+    # A seq2seq backbone exports its whole encoder-decoder model as the encoder.
+    seq2seq = getattr(model.encoder, "seq2seq", None)
     for name, task in module.tasks.items():
         head = model.heads[name]
+        if getattr(head, "reads_batch", False) and seq2seq is not None:  # the backbone's decoder
+            specs[name] = _task_spec(task, {"decoder": ENCODER_DIR})
+            continue
         if hasattr(head, "save_decoder"):  # a generation head: a Hugging Face decoder folder
             with quiet_transformers():
                 head.save_decoder(folder / DECODERS_DIR / name)
@@ -90,10 +96,15 @@ def export_model(
         for key, value in head.state_dict().items():
             tensors[f"{name}.{key}"] = value.detach().to("cpu", torch.float32).contiguous()
     with quiet_transformers():
-        model.encoder.model.save_pretrained(folder / ENCODER_DIR)
+        (seq2seq if seq2seq is not None else model.encoder.model).save_pretrained(
+            folder / ENCODER_DIR
+        )
     tokenizer.save_pretrained(folder / TOKENIZER_DIR)
     save_file(tensors, str(folder / HEADS_FILE))
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "pooling": model.pooling, "tasks": specs}
+    meta: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}
+    meta |= {"pooling": model.pooling, "tasks": specs}
+    if seq2seq is not None:
+        meta["encoder_type"] = SEQ2SEQ
     # Written last: a folder whose export was interrupted is not mistaken for a complete one.
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return folder

@@ -34,6 +34,7 @@ from mtlkit.model.source import (
     FORMAT_VERSION,
     HEADS_FILE,
     META_FILE,
+    SEQ2SEQ,
     TOKENIZER_DIR,
     load_decoders,
     load_encoder,
@@ -122,7 +123,8 @@ class ExportedModel:
         meta = read_meta(folder)
         tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
         heads = load_file(str(folder / HEADS_FILE))
-        encoder, decoders = load_encoder(folder / ENCODER_DIR), load_decoders(folder, meta)
+        encoder = load_encoder(folder / ENCODER_DIR, meta.get("encoder_type") == SEQ2SEQ)
+        decoders = load_decoders(folder, meta)
         return cls(encoder, tokenizer, meta, heads, device, decoders)
 
     @property

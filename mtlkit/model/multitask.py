@@ -19,6 +19,7 @@ from mtlkit.model.decoders import CausalLMDecoder
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.outputs import OutputDecoder, output_decoder
 from mtlkit.model.pooling import Pooling, pool
+from mtlkit.model.seq2seq import Seq2SeqBackbone
 from mtlkit.model.source import ModelSource, load_source
 from mtlkit.model.weights import InitReport, load_weights
 
@@ -84,8 +85,12 @@ class MultiTaskModel(nn.Module):
         Raises:
             ConfigError: Weights that do not fit the config, a missing head, other labels.
         """
-        encoder = HFEncoder(config=dict(source.encoder_config))
-        state = encoder.model.load_state_dict(source.encoder_state, strict=False)
+        if source.seq2seq:  # the whole encoder-decoder model of a Seq2SeqBackbone
+            encoder: HFEncoder = Seq2SeqBackbone(config=dict(source.encoder_config))
+            state = encoder.seq2seq.load_state_dict(source.encoder_state, strict=False)
+        else:
+            encoder = HFEncoder(config=dict(source.encoder_config))
+            state = encoder.model.load_state_dict(source.encoder_state, strict=False)
         unexpected = [k for k in state.unexpected_keys if not k.startswith("pooler.")]
         if state.missing_keys or unexpected:
             what = "teacher " if tasks is not None else ""
@@ -99,7 +104,10 @@ class MultiTaskModel(nn.Module):
                 head = spec["head"]
                 if "decoder" in head:  # a generation task: its exported decoder
                     tokens = spec["head_state"]["tokens"]
-                    decoder = CausalLMDecoder(encoder, tokens, source.decoders[name])
+                    if name in source.decoders:
+                        decoder = CausalLMDecoder(encoder, tokens, source.decoders[name])
+                    else:  # the seq2seq backbone's own decoder
+                        decoder = encoder.decoder_head(tokens)
                     model.add_task(name, spec["level"], decoder)
                     model.decoders[name] = output_decoder(spec, 1)
                     continue

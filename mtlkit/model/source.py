@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
-from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from mtlkit.errors import ConfigError
@@ -38,6 +38,9 @@ META_FILE = "mtlkit.json"
 HEADS_FILE = "heads.safetensors"
 ENCODER_DIR = "encoder"
 DECODERS_DIR = "decoders"
+#: ``mtlkit.json``'s ``encoder_type`` of a seq2seq backbone (``encoder/`` holds the whole
+#: encoder-decoder model; generation heads name ``encoder`` as their decoder's folder).
+SEQ2SEQ = "seq2seq"
 TOKENIZER_DIR = "tokenizer"
 #: Checkpoint state-dict prefixes of the shared encoder's Hugging Face model and of the heads.
 ENCODER_PREFIX = "encoder.model."
@@ -58,6 +61,8 @@ class ModelSource:
         specs: Exported folders: each task's ``mtlkit.json`` entry (level, kind, head shape,
             tokenization); empty for checkpoints.
         decoders: Exported folders: each generation task's decoder model.
+        seq2seq: The encoder is a seq2seq model's (``Seq2SeqBackbone``): config and weights
+            are the whole encoder-decoder model's.
     """
 
     path: str
@@ -68,6 +73,7 @@ class ModelSource:
     pooling: str = "mean"
     specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     decoders: dict[str, PreTrainedModel] = field(default_factory=dict)
+    seq2seq: bool = False
 
 
 # ------------------------------------------------------------------------ exported folders
@@ -113,14 +119,16 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_encoder(folder: str | Path) -> PreTrainedModel:
-    """The exported encoder, without the pooler it was trained without.
+def load_encoder(folder: str | Path, seq2seq: bool = False) -> PreTrainedModel:
+    """The exported encoder, without the pooler it was trained without (``seq2seq``: the whole
+    encoder-decoder model of a ``Seq2SeqBackbone``).
 
     Raises:
         ValueError: Weights other than the pooler's are missing from the folder.
     """
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModel
     with quiet_transformers():
-        model, info = AutoModel.from_pretrained(str(folder), output_loading_info=True)
+        model, info = auto.from_pretrained(str(folder), output_loading_info=True)
     missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
     if missing:
         raise ValueError(f"encoder in {folder} lacks weights {sorted(missing)[:5]}")
@@ -158,7 +166,7 @@ def load_decoders(folder: str | Path, meta: dict[str, Any]) -> dict[str, PreTrai
     out = {}
     for name, spec in meta["tasks"].items():
         sub = spec["head"].get("decoder")
-        if sub is None:
+        if sub is None or sub == ENCODER_DIR:  # no decoder, or the seq2seq backbone's own
             continue
         if not (Path(folder) / sub / "config.json").exists():
             raise FileNotFoundError(f"{folder} lacks the decoder of task {name!r} ({sub}/)")
@@ -185,6 +193,7 @@ def source_from_parts(
         pooling=meta.get("pooling", "mean"),
         specs={n: dict(s) for n, s in meta["tasks"].items()},
         decoders=dict(decoders or {}),
+        seq2seq=meta.get("encoder_type") == SEQ2SEQ,
     )
 
 
@@ -197,7 +206,7 @@ def read_exported(folder: str | Path) -> ModelSource:
     folder = Path(folder)
     try:
         meta = read_meta(folder, need_tokenizer=False)
-        encoder = load_encoder(folder / ENCODER_DIR)
+        encoder = load_encoder(folder / ENCODER_DIR, meta.get("encoder_type") == SEQ2SEQ)
         flat = load_file(str(folder / HEADS_FILE))
         return source_from_parts(str(folder), encoder, meta, flat, load_decoders(folder, meta))
     except (FileNotFoundError, ValueError) as err:
