@@ -295,3 +295,26 @@ def test_mtlkit_export_of_a_generation_checkpoint(tmp_path, monkeypatch):
     expected = module.tasks["reverse"].decode(ids)
     predicted = ExportedModel.from_folder(folder).predict(texts, tasks=["reverse"])
     assert [p["text"] for p in predicted["reverse"]] == expected
+
+
+def test_any_decoder_from_a_config_or_a_folder(tmp_path):
+    encoder = HFEncoder(config=dict(TINY_ENCODER))
+    small = {"model_type": "bert", "vocab_size": 155, "hidden_size": 16, "num_hidden_layers": 1}
+    small |= {"num_attention_heads": 2, "intermediate_size": 20}
+    head = WarmStartDecoder(encoder, TOKENS, config=small)
+    # another width: transformers' projection of the encoder states is part of the head
+    assert head.enc_to_dec_proj.in_features == 32 and head.enc_to_dec_proj.out_features == 16
+    assert "enc_to_dec_proj.weight" in head.state_dict()
+    model = MultiTaskModel(encoder, heads={"gen": head}, levels={"gen": "text"}).eval()
+    batch = dict(build_tiny_tokenizer()(["good movie"], return_tensors="pt"))
+    logits = model({"gen": {**batch, "labels": torch.tensor([[7, 8, 3]])}})["gen"]["logits"]
+    assert logits.shape == (1, 3, 155)
+    assert model.generate("gen", batch, max_new_tokens=4).shape[1] <= 4
+    # a causal LM folder without cross-attention gets it added
+    lm = BertLMHeadModel(BertConfig(**{k: v for k, v in small.items() if k != "model_type"}))
+    lm.config.is_decoder = True
+    lm.save_pretrained(tmp_path / "lm")
+    loaded = WarmStartDecoder(encoder, TOKENS, name_or_path=str(tmp_path / "lm"))
+    assert loaded.decoder.config.add_cross_attention
+    same = loaded.decoder.bert.embeddings.word_embeddings.weight
+    assert torch.equal(same, lm.bert.embeddings.word_embeddings.weight)
