@@ -318,3 +318,16 @@ def test_any_decoder_from_a_config_or_a_folder(tmp_path):
     assert loaded.decoder.config.add_cross_attention
     same = loaded.decoder.bert.embeddings.word_embeddings.weight
     assert torch.equal(same, lm.bert.embeddings.word_embeddings.weight)
+
+
+def test_checkpoint_token_ids_must_match_the_tokenizer(tiny_tokenizer):
+    task = gen_task()
+    task.load_label_state(
+        {"tokens": {"decoder_start_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}}
+    )
+    assert task.is_ready  # restored from a checkpoint, no tokenizer needed (export)
+    bound = gen_task()
+    bound.bind_tokenizer(tiny_tokenizer)
+    bound.load_label_state(bound.label_state())  # same ids: fine
+    with pytest.raises(DataError, match=r"task 'gen': the checkpoint's decoder token ids"):
+        bound.load_label_state({"tokens": {**bound.tokens, "eos_token_id": 7}})

@@ -23,7 +23,8 @@ class Seq2SeqBackbone(HFEncoder):
     (:meth:`decoder_head`), so the pretrained encoder-decoder pair is kept as trained (T5:
     Raffel et al. 2020, "Exploring the Limits of Transfer Learning with a Unified Text-to-Text
     Transformer"; BART: Lewis et al. 2020, "BART: Denoising Sequence-to-Sequence Pre-training").
-    One decoder exists: a second generation task on the same backbone would share it.
+    The model has one decoder, so one generation task uses it (a second one is a
+    ``ConfigError``; give it a ``decoder`` of its own).
 
     The checkpoint holds the encoder under ``encoder.model.*`` and the decoder under
     ``heads.<task>.*``.

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from transformers import PreTrainedTokenizerBase
 
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, DataError
 from mtlkit.metrics.generation import generation_metrics
 from mtlkit.sources import DataSource
 from mtlkit.tasks._checks import check_text_column
@@ -214,8 +214,21 @@ class Seq2SeqGeneration(Task):
         return {"tokens": dict(self.tokens) if self.tokens is not None else None}
 
     def load_label_state(self, state: dict[str, Any]) -> None:
-        if state.get("tokens") is not None:
-            self.tokens = {k: int(v) for k, v in state["tokens"].items()}
+        """Restores the decoder's special token ids.
+
+        Raises:
+            DataError: They differ from those of the tokenizer already bound (the run's data
+                tokenizer is not the one the checkpoint was trained with).
+        """
+        if state.get("tokens") is None:
+            return
+        saved = {k: int(v) for k, v in state["tokens"].items()}
+        if self.tokens is not None and self.tokens != saved:
+            raise DataError(
+                f"task {self.name!r}: the checkpoint's decoder token ids {saved} differ from the "
+                f"tokenizer's {self.tokens}; use the tokenizer the checkpoint was trained with"
+            )
+        self.tokens = saved
 
 
 def _drops_leading_cls(tokenizer: PreTrainedTokenizerBase) -> int:
