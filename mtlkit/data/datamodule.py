@@ -119,8 +119,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             self.tokenizer = AutoTokenizer.from_pretrained(resolve_path(self.tokenizer_path))
             # Keyed before any call: calling a fast tokenizer changes its truncation state.
             self._tokenizer_key = _tokenizer_key(self.tokenizer)
-            for task in self.tasks:
-                task.bind_tokenizer(self.tokenizer)
+        for task in self.tasks:  # generation tasks decode with it
+            task.bind_tokenizer(self.tokenizer)
         self._check_max_lengths()
         if not self.splits:
             self.splits = {t.name: self._prepare_task(t) for t in self.tasks}
