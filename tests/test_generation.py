@@ -331,3 +331,14 @@ def test_checkpoint_token_ids_must_match_the_tokenizer(tiny_tokenizer):
     bound.load_label_state(bound.label_state())  # same ids: fine
     with pytest.raises(DataError, match=r"task 'gen': the checkpoint's decoder token ids"):
         bound.load_label_state({"tokens": {**bound.tokens, "eos_token_id": 7}})
+
+
+def test_targets_longer_than_the_decoder_positions_fail_before_training():
+    from mtlkit.errors import ConfigError
+
+    task = Seq2SeqGeneration(
+        "g", InMemory({"train": {"text": ["a"], "target": ["b"]}}), max_target_length=128
+    )
+    task.tokens = dict(TOKENS)
+    with pytest.raises(ConfigError, match=r"task 'g': .* allow 129 decoder positions .* has 128"):
+        tiny_model([task])  # TINY_ENCODER: 128 positions

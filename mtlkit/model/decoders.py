@@ -63,6 +63,13 @@ class Seq2SeqHead(nn.Module):
             for key, value in self.tokens.items():
                 setattr(config, key, value)
 
+    @property
+    def max_positions(self) -> int | None:
+        """The longest decoder input the position embeddings take (``None``: no limit known)."""
+        config = getattr(self.seq2seq.config, "decoder", self.seq2seq.config)
+        limit = getattr(config, "max_position_embeddings", None)
+        return limit if isinstance(limit, int) and limit > 0 else None
+
     def forward(self, hidden: Tensor, batch: dict[str, Any]) -> Tensor:
         """Teacher-forced next-token logits ``[batch, target length, vocab]``.
 

@@ -172,13 +172,22 @@ class Seq2SeqGeneration(Task):
         if self.tokens is None:
             raise ConfigError(f"task {self.name!r}: special token ids unknown; set up the data")
         if self.decoder is not None:
-            return self.decoder(encoder, dict(self.tokens))
-        if not hasattr(encoder, "decoder_head"):
+            head = self.decoder(encoder, dict(self.tokens))
+        elif hasattr(encoder, "decoder_head"):
+            head = encoder.decoder_head(dict(self.tokens))
+        else:
             raise ConfigError(
                 f"task {self.name!r}: {type(encoder).__name__} has no default decoder; give the "
                 "task a decoder (e.g. mtlkit.model.decoders.WarmStartDecoder)"
             )
-        return encoder.decoder_head(dict(self.tokens))
+        limit = getattr(head, "max_positions", None)
+        longest = max(self.max_target_length, self.generation["max_new_tokens"]) + 1
+        if limit is not None and longest > limit:  # the start token comes first
+            raise ConfigError(
+                f"task {self.name!r}: max_target_length / max_new_tokens allow {longest} decoder "
+                f"positions (with the start token) but the decoder has {limit}"
+            )
+        return head
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Token cross-entropy, mean over the target tokens (padding ignored)."""
