@@ -85,12 +85,17 @@ def export_model(
     for name, task in module.tasks.items():
         head = model.heads[name]
         if getattr(head, "reads_batch", False) and seq2seq is not None:  # the backbone's decoder
-            specs[name] = _task_spec(task, {"decoder": ENCODER_DIR})
+            specs[name] = _task_spec(task, {"decoder": ENCODER_DIR, "params": {}})
             continue
         if hasattr(head, "save_decoder"):  # a generation head: a Hugging Face decoder folder
             with quiet_transformers():
                 head.save_decoder(folder / DECODERS_DIR / name)
-            specs[name] = _task_spec(task, {"decoder": f"{DECODERS_DIR}/{name}"})
+            # the head's other tensors (a projection of the encoder states to another width)
+            extra = {k: v for k, v in head.state_dict().items() if not k.startswith("decoder.")}
+            shapes = {k: list(v.shape) for k, v in extra.items()}
+            specs[name] = _task_spec(task, {"decoder": f"{DECODERS_DIR}/{name}", "params": shapes})
+            for key, value in extra.items():
+                tensors[f"{name}.{key}"] = value.detach().to("cpu", torch.float32).contiguous()
             continue
         specs[name] = _task_spec(task, _linear_spec(head, name))
         for key, value in head.state_dict().items():

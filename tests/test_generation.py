@@ -342,3 +342,52 @@ def test_targets_longer_than_the_decoder_positions_fail_before_training():
     task.tokens = dict(TOKENS)
     with pytest.raises(ConfigError, match=r"task 'g': .* allow 129 decoder positions .* has 128"):
         tiny_model([task])  # TINY_ENCODER: 128 positions
+
+
+def test_init_from_carries_a_generation_head(tmp_path):
+    gen, cls = gen_task(), toy_task("cls")
+    module = tiny_model([gen, cls])
+    trainer = quiet_trainer(
+        tmp_path, accelerator="cpu", max_steps=2, limit_val_batches=0, enable_checkpointing=True
+    )
+    trainer.fit(module, toy_datamodule([gen, cls]))
+    ckpt = str(next(tmp_path.rglob("*.ckpt")))
+    target = gen_task()
+    target.tokens = dict(gen.tokens)
+    new = tiny_model([target, toy_task("cls")], init_from=ckpt, init_heads=["gen"])
+    trained, loaded = module.heads["gen"].state_dict(), new.heads["gen"].state_dict()
+    assert set(trained) == set(loaded)
+    assert all(torch.equal(trained[k], loaded[k]) for k in trained)
+    assert "heads.gen" in new.init_report.loaded and "heads.cls" in new.init_report.new
+
+
+def test_export_of_a_decoder_of_another_width_and_init_from_the_export(tmp_path):
+    from mtlkit.export import export_model
+    from mtlkit.inference import ExportedModel
+
+    small = {"model_type": "bert", "vocab_size": 155, "hidden_size": 16, "num_hidden_layers": 1}
+    small |= {"num_attention_heads": 2, "intermediate_size": 20}
+    gen = gen_task(decoder=partial(WarmStartDecoder, config=small), max_new_tokens=5)
+    cls = toy_task("cls")
+    module = tiny_model([gen, cls])
+    trainer = quiet_trainer(tmp_path, accelerator="cpu", max_steps=1, limit_val_batches=0)
+    trainer.fit(module, toy_datamodule([gen, cls]))
+    module.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # outputs that depend on every weight, the projection included
+        for p in module.heads["gen"].parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    tokenizer = trainer.datamodule.tokenizer
+    texts = ["good movie now", "who is john in paris", "sad day"]
+    batch = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        expected = gen.decode(module.model.generate("gen", batch, **gen.generation))
+    folder = export_model(module, tokenizer, tmp_path / "exported")
+    predicted = ExportedModel.from_folder(folder).predict(texts, tasks=["gen"])
+    assert [p["text"] for p in predicted["gen"]] == expected
+    target = gen_task(decoder=partial(WarmStartDecoder, config=small))
+    target.tokens = dict(gen.tokens)
+    new = tiny_model([target], init_from=str(folder), init_heads=["gen"])
+    trained, loaded = module.heads["gen"].state_dict(), new.heads["gen"].state_dict()
+    assert set(trained) == set(loaded) and "enc_to_dec_proj.weight" in loaded
+    assert all(torch.equal(trained[k], loaded[k]) for k in trained)

@@ -106,6 +106,7 @@ class MultiTaskModel(nn.Module):
                     tokens = spec["head_state"]["tokens"]
                     if name in source.decoders:
                         decoder = CausalLMDecoder(encoder, tokens, source.decoders[name])
+                        decoder.load_state_dict(source.heads[name])  # with any projection
                     else:  # the seq2seq backbone's own decoder
                         decoder = encoder.decoder_head(tokens)
                     model.add_task(name, spec["level"], decoder)

@@ -147,8 +147,6 @@ def _export_heads(
     """
     heads = {}
     for name, spec in specs.items():
-        if "decoder" in spec["head"]:  # a generation head: its own folder
-            continue
         keys = [f"{name}.{p}" for p in spec["head"]["params"]]
         absent = [k for k in keys if k not in flat]
         if absent:
@@ -188,13 +186,24 @@ def source_from_parts(
         path=path,
         encoder_config=encoder.config.to_dict(),
         encoder_state=dict(encoder.state_dict()),
-        heads=_export_heads(flat, meta["tasks"], f"{path}/{HEADS_FILE}"),
+        heads=_with_decoders(_export_heads(flat, meta["tasks"], f"{path}/{HEADS_FILE}"), decoders),
         tasks={n: dict(s.get("head_state", {})) for n, s in meta["tasks"].items()},
         pooling=meta.get("pooling", "mean"),
         specs={n: dict(s) for n, s in meta["tasks"].items()},
         decoders=dict(decoders or {}),
         seq2seq=meta.get("encoder_type") == SEQ2SEQ,
     )
+
+
+def _with_decoders(
+    heads: dict[str, dict[str, Tensor]], decoders: dict[str, PreTrainedModel] | None
+) -> dict[str, dict[str, Tensor]]:
+    """Generation heads' full state: their tensors in ``heads.safetensors`` and their decoder's
+    weights (``decoder.<key>``, as in the head module)."""
+    for name, decoder in (decoders or {}).items():
+        heads[name] = {**heads.get(name, {})}
+        heads[name].update({f"decoder.{k}": v for k, v in decoder.state_dict().items()})
+    return heads
 
 
 def read_exported(folder: str | Path) -> ModelSource:
