@@ -152,3 +152,25 @@ def test_export_round_trip(tmp_path, config):
     assert [p["text"] for p in predicted["gen"]] == expected
     got = torch.tensor([list(p["probabilities"].values()) for p in predicted["cls"]])
     torch.testing.assert_close(got, probabilities, rtol=1e-5, atol=1e-6)
+
+
+def test_init_from_a_backbone_checkpoint(tmp_path):
+    gen, cls = gen_task(), toy_task("cls")
+    module = MultiTaskModule(Seq2SeqBackbone(config=dict(T5)), [gen, cls], lr_scheduler=None)
+    trainer = quiet_trainer(
+        tmp_path, accelerator="cpu", max_steps=2, limit_val_batches=0, enable_checkpointing=True
+    )
+    trainer.fit(module, toy_datamodule([gen, cls]))
+    ckpt = str(next(tmp_path.rglob("*.ckpt")))
+    target = gen_task()
+    target.tokens = dict(gen.tokens)
+    new = MultiTaskModule(
+        Seq2SeqBackbone(config=dict(T5)),
+        [target, toy_task("cls")],
+        init_from=ckpt,
+        init_heads=["gen"],
+    )
+    trained, loaded = module.state_dict(), new.state_dict()
+    for key in [k for k in trained if k.startswith(("encoder.", "heads.gen."))]:
+        assert torch.equal(trained[key], loaded[key]), key
+    assert "heads.cls" in new.init_report.new
