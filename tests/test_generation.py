@@ -391,3 +391,33 @@ def test_export_of_a_decoder_of_another_width_and_init_from_the_export(tmp_path)
     trained, loaded = module.heads["gen"].state_dict(), new.heads["gen"].state_dict()
     assert set(trained) == set(loaded) and "enc_to_dec_proj.weight" in loaded
     assert all(torch.equal(trained[k], loaded[k]) for k in trained)
+
+
+def test_a_tiny_bert2bert_learns_to_copy(tmp_path):
+    """End to end (teacher forcing, target alignment, decoding, metrics): the target is the
+    source's first four words. Measured after 300 steps: every metric 1.0, loss 0.095."""
+    rng = random.Random(0)
+
+    def rows(n: int) -> tuple[list[str], list[str]]:
+        words = [[rng.choice(WORDS) for _ in range(rng.randint(4, 6))] for _ in range(n)]
+        return [" ".join(w) for w in words], [" ".join(w[:4]) for w in words]
+
+    (s, t), (vs, vt) = rows(400), rows(40)
+    splits = {"train": {"text": s, "target": t}, "validation": {"text": vs, "target": vt}}
+    task = Seq2SeqGeneration("copy", InMemory(splits), max_target_length=6)
+    optimizer = partial(torch.optim.AdamW, lr=3e-3)
+    module = tiny_model([task], lr_scheduler=None, optimizer=optimizer)
+    trainer = quiet_trainer(
+        tmp_path,
+        accelerator="cpu",
+        max_steps=300,
+        limit_val_batches=10,
+        val_check_interval=300,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, toy_datamodule([task], batch_size=16, steps_per_epoch=300))
+    logged = trainer.callback_metrics
+    assert float(logged["val/copy/exact_match"]) >= 0.9
+    assert float(logged["val/copy/bleu"]) >= 0.9
+    assert float(logged["val/copy/rougeL"]) >= 0.95
