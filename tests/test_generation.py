@@ -421,3 +421,15 @@ def test_a_tiny_bert2bert_learns_to_copy(tmp_path):
     assert float(logged["val/copy/exact_match"]) >= 0.9
     assert float(logged["val/copy/bleu"]) >= 0.9
     assert float(logged["val/copy/rougeL"]) >= 0.95
+
+
+def test_cached_features_refuse_a_generation_task():
+    from mtlkit.errors import ConfigError
+    from mtlkit.transfer import FeatureDataModule
+
+    encoder = HFEncoder(config=dict(TINY_ENCODER))
+    data = FeatureDataModule(
+        tasks=[gen_task()], encoder=encoder, tokenizer="pkg:mtlkit/testing/tiny_tokenizer"
+    )
+    with pytest.raises(ConfigError, match=r"task 'gen': cached features serve classification"):
+        data.setup("fit")
