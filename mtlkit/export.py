@@ -5,7 +5,8 @@ distillation teachers through :func:`read_exported`)::
 
     encoder/            Hugging Face ``save_pretrained`` (config.json, model.safetensors)
     tokenizer/          Hugging Face ``save_pretrained``
-    heads.safetensors   every head's tensors, keys ``<task>.<param>``
+    heads.safetensors   every linear head's tensors, keys ``<task>.<param>``
+    decoders/<task>/    generation tasks: the decoder, Hugging Face ``save_pretrained``
     task_encoder/       per-task encoders only: each task's own part (adapters, merged weights,
                         prefixes), read by the class ``mtlkit.json`` names (``task_encoder``)
     mtlkit.json         format version, pooling and, per task, how to tokenize its input and
@@ -25,12 +26,14 @@ from torch import nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.model.source import (
+    DECODERS_DIR,
     ENCODER_DIR,
     FORMAT,
     FORMAT_VERSION,
     HEADS_FILE,
     META_FILE,
     PLAIN_FORMAT_VERSION,
+    SEQ2SEQ,
     TASK_ENCODER_DIR,
     TOKENIZER_DIR,
     quiet_transformers,
@@ -82,6 +85,8 @@ def export_model(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors, specs = {}, {}
+    # A seq2seq backbone exports its whole encoder-decoder model as the encoder.
+    seq2seq = getattr(model.encoder, "seq2seq", None)
     for name, task in module.tasks.items():
         if task.level == "dialogue":
             raise ConfigError(
@@ -89,23 +94,43 @@ def export_model(
                 "turn vectors) is not an exportable linear head; train it with encoding: flat"
             )
         head = model.heads[name]
-        specs[name] = _task_spec(task, head)
+        if getattr(head, "reads_batch", False) and seq2seq is not None:  # the backbone's decoder
+            specs[name] = _task_spec(task, {"decoder": ENCODER_DIR, "params": {}})
+            continue
+        if hasattr(head, "save_decoder"):  # a generation head: a Hugging Face decoder folder
+            with quiet_transformers():
+                head.save_decoder(folder / DECODERS_DIR / name)
+            # the head's other tensors (a projection of the encoder states to another width)
+            extra = {k: v for k, v in head.state_dict().items() if not k.startswith("decoder.")}
+            shapes = {k: list(v.shape) for k, v in extra.items()}
+            specs[name] = _task_spec(task, {"decoder": f"{DECODERS_DIR}/{name}", "params": shapes})
+            for key, value in extra.items():
+                tensors[f"{name}.{key}"] = value.detach().to("cpu", torch.float32).contiguous()
+            continue
+        specs[name] = _task_spec(task, _linear_spec(head, name))
         for key, value in head.state_dict().items():
             tensors[f"{name}.{key}"] = value.detach().to("cpu", torch.float32).contiguous()
     with quiet_transformers():
         # Per-task parts (adapters, peft layers) stay out of the shared Hugging Face encoder.
         base = _base_state(model.encoder.model, set(module.tasks)) if per_task else None
-        model.encoder.model.save_pretrained(folder / ENCODER_DIR, state_dict=base)
+        if seq2seq is not None:
+            seq2seq.save_pretrained(folder / ENCODER_DIR)
+        else:
+            model.encoder.model.save_pretrained(folder / ENCODER_DIR, state_dict=base)
     tokenizer.save_pretrained(folder / TOKENIZER_DIR)
     save_file(tensors, str(folder / HEADS_FILE))
-    meta = {
+    # Version 1 readers know plain encoders and linear heads only.
+    plain = not per_task and seq2seq is None and not (folder / DECODERS_DIR).exists()
+    meta: dict[str, Any] = {
         "format": FORMAT,
-        "version": FORMAT_VERSION if per_task else PLAIN_FORMAT_VERSION,
+        "version": PLAIN_FORMAT_VERSION if plain else FORMAT_VERSION,
         "pooling": model.pooling,
         "tasks": specs,
     }
     if per_task:
         meta["task_encoder"] = model.encoder.export_task_encoder(folder / TASK_ENCODER_DIR)
+    if seq2seq is not None:
+        meta["encoder_type"] = SEQ2SEQ
     # Written last: a folder whose export was interrupted is not mistaken for a complete one.
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return folder
@@ -127,7 +152,7 @@ def _base_state(model: nn.Module, tasks: set[str]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not per_task(k)}
 
 
-def _task_spec(task: Task, head: nn.Module) -> dict[str, Any]:
+def _task_spec(task: Task, head: dict[str, Any]) -> dict[str, Any]:
     # The task type says how its outputs are read (kind, threshold, ...): mtlkit.model.outputs.
     output = dict(task.output_spec())
     cls = type(task)
@@ -136,7 +161,7 @@ def _task_spec(task: Task, head: nn.Module) -> dict[str, Any]:
         "kind": output.pop("kind", "logits"),
         "level": task.level,
         "head_state": _json_safe(task.label_state(), task.name),
-        "head": _linear_spec(head, task.name),
+        "head": head,
         "text_column": task.text_column,
         "text_pair_column": getattr(task, "text_pair_column", None),
         "label_column": task.label_column,
@@ -153,7 +178,7 @@ def _linear_spec(head: nn.Module, task: str) -> dict[str, Any]:
     if len(linears) != 1 or others:
         raise ConfigError(
             f"cannot export task {task!r}: its head is not a single linear layer "
-            f"({head}); export supports linear heads only"
+            f"({head}); export supports linear heads and Hugging Face decoders only"
         )
     name, linear = linears[0]
     prefix = f"{name}." if name else ""

@@ -10,8 +10,9 @@ torchmetrics): a served model needs torch, transformers and safetensors only::
     # {"trec": [{"label": "what", "probabilities": {...}}, ...], "sentiment": [{"value": 1.7}, ...]}
 
 An exported folder holds ``encoder/`` (a Hugging Face model), ``tokenizer/``,
-``heads.safetensors`` (one linear layer per task, keys ``<task>.<param>``) and ``mtlkit.json``
-(pooling and, per task, how to tokenize and how to read the head's outputs).
+``heads.safetensors`` (one linear layer per task, keys ``<task>.<param>``), ``decoders/<task>/``
+(generation tasks' Hugging Face decoders) and ``mtlkit.json`` (pooling and, per task, how to
+tokenize and how to read the head's outputs or generate).
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from mtlkit.model.source import (
     FORMAT_VERSION,
     HEADS_FILE,
     META_FILE,
+    SEQ2SEQ,
     TASK_ENCODER_DIR,
     TOKENIZER_DIR,
+    load_decoders,
     load_encoder,
     quiet_transformers,
     read_meta,
@@ -91,7 +94,7 @@ class _Task:
     name: str
     kind: str
     level: str
-    head: nn.Linear
+    head: nn.Module
     spec: dict[str, Any]
 
     @property
@@ -109,7 +112,7 @@ class _Task:
         if dialogue.get("type") == "dialogue":
             turns, speakers = dialogue.get("max_turns"), bool(dialogue.get("speakers"))
             return "dialogue", int(self.spec.get("max_length", 512)), turns, speakers
-        pair = bool(self.spec.get("text_pair_column")) and self.level == "sequence"
+        pair = bool(self.spec.get("text_pair_column")) and self.level in ("sequence", "text")
         return int(self.spec.get("max_length", 512)), pair, self.level == "token"
 
 
@@ -122,6 +125,7 @@ class ExportedModel:
         meta: The parsed ``mtlkit.json``.
         heads: ``heads.safetensors`` as a dict of tensors.
         device: Where to run.
+        decoders: Generation tasks' decoder models (``decoders/<task>/``).
     """
 
     def __init__(
@@ -131,10 +135,11 @@ class ExportedModel:
         meta: dict[str, Any],
         heads: dict[str, Tensor],
         device: str | torch.device = "cpu",
+        decoders: dict[str, PreTrainedModel] | None = None,
     ) -> None:
         self.device = torch.device(device)
         # The same model object training runs (encoder, pooling, heads, output decoding).
-        source = source_from_parts("exported model", encoder, meta, heads)
+        source = source_from_parts("exported model", encoder, meta, heads, decoders)
         self.model = MultiTaskModel.from_source(source).to(self.device)
         self.encoder = self.model.encoder
         self.tokenizer = tokenizer
@@ -153,7 +158,9 @@ class ExportedModel:
             meta["task_encoder"]["folder"] = str(folder / TASK_ENCODER_DIR)
         tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
         heads = load_file(str(folder / HEADS_FILE))
-        return cls(load_encoder(folder / ENCODER_DIR), tokenizer, meta, heads, device)
+        encoder = load_encoder(folder / ENCODER_DIR, meta.get("encoder_type") == SEQ2SEQ)
+        decoders = load_decoders(folder, meta)
+        return cls(encoder, tokenizer, meta, heads, device, decoders)
 
     @property
     def task_names(self) -> list[str]:
@@ -256,9 +263,14 @@ class ExportedModel:
             for key, members in groups.items():
                 enc, cut = self._tokenize(chunk, key), self._truncated(chunk, key)
                 batch = {k: v.to(self.device) for k, v in enc.items()}
-                names = [task.name for task in members]
-                outputs = self.model.shared_forward(batch, names)
+                names = [task.name for task in members if task.level != "text"]
+                outputs = self.model.shared_forward(batch, names) if names else {}
                 for task in members:
+                    if task.level == "text":  # generated token ids
+                        settings = task.spec.get("generation", {})
+                        ids = self.model.generate(task.name, batch, **settings).cpu()
+                        yield start, task, ids, enc, cut
+                        continue
                     yield start, task, outputs[task.name].float().cpu(), enc, cut
 
     def logits(
@@ -267,7 +279,8 @@ class ExportedModel:
         tasks: Sequence[str] | None = None,
         batch_size: int = 32,
     ) -> dict[str, list[Tensor]]:
-        """Raw head outputs per task and input (token tasks: ``[tokens, tags]`` per input)."""
+        """Raw head outputs per task and input (token tasks: ``[tokens, tags]`` per input;
+        generation tasks: the generated token ids)."""
         items = self._items(inputs)
         out: dict[str, list[Tensor]] = {t.name: [] for t in self._select(tasks)}
         for _, task, logits, enc, _ in self._run(items, self._select(tasks), batch_size):
@@ -298,7 +311,8 @@ class ExportedModel:
             classification, ``{"value"}`` for regression (on the data's scale),
             ``{"labels", "probabilities"}`` for multi-label (labels above the task's
             threshold), ``{"words", "tags"}`` for token classification (whitespace words, each
-            tagged from its first sub-token; ``None`` for words cut by truncation). An input
+            tagged from its first sub-token; ``None`` for words cut by truncation),
+            ``{"text"}`` for generation (the task's exported decoding settings). An input
             longer than the task's ``max_length`` tokens (a dialogue: or with more turns than
             its ``max_turns``) is cut, and its prediction says so with ``"truncated": True``.
         """
@@ -306,6 +320,10 @@ class ExportedModel:
         out: dict[str, list[dict[str, Any]]] = {t.name: [] for t in self._select(tasks)}
         for start, task, logits, enc, cut in self._run(items, self._select(tasks), batch_size):
             for i, row in enumerate(logits):
+                if task.level == "text":
+                    text = self.tokenizer.decode(row, skip_special_tokens=True)
+                    out[task.name].append({"text": text, **({"truncated": True} if cut[i] else {})})
+                    continue
                 inputs = {}
                 if task.level == "token":
                     inputs = {

@@ -27,7 +27,8 @@ from mtlkit.errors import ConfigError, DataError
 from mtlkit.paths import resolve_path
 from mtlkit.tasks.base import Task
 
-_KEEP = ("input_ids", "attention_mask", "token_type_ids", "labels", "length")
+# target_text: generation tasks score generated text against the raw target text.
+_KEEP = ("input_ids", "attention_mask", "token_type_ids", "labels", "length", "target_text")
 
 
 class MultiTaskDataModule(L.LightningDataModule):
@@ -119,6 +120,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             self.tokenizer = with_pad_token(tokenizer, self.tokenizer_path)
             # Keyed before any call: calling a fast tokenizer changes its truncation state.
             self._tokenizer_key = _tokenizer_key(self.tokenizer)
+        for task in self.tasks:  # generation tasks decode with it
+            task.bind_tokenizer(self.tokenizer)
         self._check_max_lengths()
         if not self.splits:
             self.splits = {t.name: self._prepare_task(t) for t in self.tasks}

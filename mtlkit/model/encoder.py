@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from mtlkit._compat import has_causal_attention
 from mtlkit.errors import ConfigError
+from mtlkit.model.decoders import Tokens, WarmStartDecoder
 from mtlkit.paths import resolve_path
 
 # Position ids of these models start after the padding index (fairseq's convention).
@@ -156,6 +157,11 @@ class HFEncoder(nn.Module):
         seen = {id(p) for g in groups for p in g}
         groups.append([p for p in self.parameters() if id(p) not in seen])
         return groups
+
+    def decoder_head(self, tokens: Tokens) -> nn.Module:
+        """The default generation head on this encoder (a generation task without a ``decoder``
+        of its own): a decoder warm-started from this encoder's weights."""
+        return WarmStartDecoder(self, tokens)
 
     def prepare_tasks(self, task_names: list[str]) -> None:
         """Called with the task names before training; per-task subclasses build their parts."""

@@ -8,7 +8,8 @@ distillation teacher and the feature cache run the same object.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,16 +17,18 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
+from mtlkit.model.decoders import CausalLMDecoder
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.outputs import OutputDecoder, output_decoder
 from mtlkit.model.pooling import Pooling, check_pooling, pool
+from mtlkit.model.seq2seq import Seq2SeqBackbone
 from mtlkit.model.source import ModelSource, load_source
 from mtlkit.model.weights import InitReport, load_weights
 
 if TYPE_CHECKING:
     from mtlkit.tasks.base import Task
 
-Level = Literal["sequence", "token", "dialogue"]
+Level = Literal["sequence", "token", "dialogue", "text"]
 TaskOutput = dict[str, Tensor]
 SubBatches = dict[str, dict[str, Tensor]]
 
@@ -40,10 +43,13 @@ class MultiTaskModel(nn.Module):
         pooling: Sentence vector of sequence-level heads: ``cls``, ``mean`` or ``last`` (the
             last real token, for decoder-only encoders; ``cls`` is refused for them: their
             first token sees only itself).
-        heads: Each task's head (input: the pooled vector, or every token state).
-        levels: Each task's level, ``sequence``, ``token`` or ``dialogue`` (default
-            ``sequence``; a ``dialogue`` sub-batch has one encoder row per turn and a
-            ``turn_mask``, and its head is called as ``head(turn_vectors, turn_mask)``).
+        heads: Each task's head (input: the pooled vector, or every token state). A head with
+            ``reads_batch = True`` (generation decoders, :mod:`mtlkit.model.decoders`) is called
+            as ``head(token_states, sub_batch)`` and has a ``generate`` method.
+        levels: Each task's level, ``sequence``, ``token``, ``dialogue`` or ``text``
+            (generation; default ``sequence``; a ``dialogue`` sub-batch has one encoder row per
+            turn and a ``turn_mask``, and its head is called as ``head(turn_vectors,
+            turn_mask)``).
         decoders: Each task's output decoding (default: raw logits).
     """
 
@@ -89,8 +95,12 @@ class MultiTaskModel(nn.Module):
         Raises:
             ConfigError: Weights that do not fit the config, a missing head, other labels.
         """
-        encoder = _encoder(source)
-        state = encoder.model.load_state_dict(source.encoder_state, strict=False)
+        if source.seq2seq:  # the whole encoder-decoder model of a Seq2SeqBackbone
+            encoder: HFEncoder = Seq2SeqBackbone(config=dict(source.encoder_config))
+            state = encoder.seq2seq.load_state_dict(source.encoder_state, strict=False)
+        else:
+            encoder = _encoder(source)
+            state = encoder.model.load_state_dict(source.encoder_state, strict=False)
         unexpected = [k for k in state.unexpected_keys if not k.startswith("pooler.")]
         if state.missing_keys or unexpected:
             what = "teacher " if tasks is not None else ""
@@ -104,6 +114,16 @@ class MultiTaskModel(nn.Module):
         if tasks is None:
             for name, spec in source.specs.items():
                 head = spec["head"]
+                if "decoder" in head:  # a generation task: its exported decoder
+                    tokens = spec["head_state"]["tokens"]
+                    if name in source.decoders:
+                        decoder = CausalLMDecoder(encoder, tokens, source.decoders[name])
+                        decoder.load_state_dict(source.heads[name])  # with any projection
+                    else:  # the seq2seq backbone's own decoder
+                        decoder = encoder.decoder_head(tokens)
+                    model.add_task(name, spec["level"], decoder)
+                    model.decoders[name] = output_decoder(spec, 1)
+                    continue
                 linear = nn.Linear(
                     head["in_features"], head["out_features"], bias=bool(head["bias"])
                 )
@@ -183,8 +203,8 @@ class MultiTaskModel(nn.Module):
         }
 
     def head_inputs(self, sub_batches: SubBatches) -> dict[str, Tensor]:
-        """Each task's head input: the pooled vector, the token states (token tasks), or the
-        pooled turn vectors ``[dialogues, turns, hidden]`` (dialogue tasks; zero past each
+        """Each task's head input: the pooled vector, the token states (token and text tasks),
+        or the pooled turn vectors ``[dialogues, turns, hidden]`` (dialogue tasks; zero past each
         dialogue's last turn).
 
         Sub-batches with cached ``features`` (feature-based transfer) skip the encoder.
@@ -196,7 +216,7 @@ class MultiTaskModel(nn.Module):
         for name, batch in sub_batches.items():
             if name in cached:
                 out[name] = cached[name]
-            elif self.levels.get(name, "sequence") == "token":
+            elif self.levels.get(name, "sequence") in ("token", "text"):
                 out[name] = hidden[name]
             elif self.levels.get(name) == "dialogue":
                 turns = pool(hidden[name], batch["attention_mask"], self.pooling)
@@ -207,11 +227,33 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, sub_batches: SubBatches) -> dict[str, TaskOutput]:
         """Head outputs (``logits``) and head inputs (``features``) for every task present."""
-        out = {}
-        for name, features in self.head_inputs(sub_batches).items():
-            extra = [sub_batches[name]["turn_mask"]] if self.levels.get(name) == "dialogue" else []
-            out[name] = {"features": features, "logits": self.heads[name](features, *extra)}
-        return out
+        return {
+            name: {"features": features, "logits": self._head(name, features, sub_batches[name])}
+            for name, features in self.head_inputs(sub_batches).items()
+        }
+
+    def _head(self, name: str, features: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        head = self.heads[name]
+        if getattr(head, "reads_batch", False):
+            return head(features, batch)
+        if self.levels.get(name) == "dialogue":
+            return head(features, batch["turn_mask"])
+        return head(features)
+
+    def generator(
+        self, name: str, features: Tensor, batch: dict[str, Tensor]
+    ) -> Callable[..., Tensor]:
+        """``generate(**settings)`` of task ``name``'s head on one sub-batch's token states
+        (``features`` of :meth:`forward`), for heads that generate."""
+        head = self.heads[name]
+        if not hasattr(head, "generate"):
+            return _cannot_generate(name)
+        return partial(head.generate, features, batch["attention_mask"])
+
+    def generate(self, name: str, batch: dict[str, Tensor], **settings: Any) -> Tensor:
+        """Generated token ids of task ``name`` for one (source) sub-batch."""
+        hidden = self.encode({name: batch})[name]
+        return self.generator(name, hidden, batch)(**settings)
 
     def shared_forward(self, batch: dict[str, Tensor], names: list[str]) -> dict[str, Tensor]:
         """The logits of several tasks that read the same inputs: one encoder pass, one pooling
@@ -263,6 +305,13 @@ def _encoder(source: ModelSource) -> HFEncoder:
     return cls(config=dict(source.encoder_config), adapters_from=str(folder), **args)
 
 
+def _cannot_generate(name: str) -> Callable[..., Tensor]:
+    def generate(**_: Any) -> Tensor:
+        raise ConfigError(f"task {name!r}: its head does not generate text")
+
+    return generate
+
+
 def _source_head(source: ModelSource, name: str, task: Task, encoder: HFEncoder) -> nn.Module:
     """``task``'s head (built by the task) with the source's weights; labels checked."""
     if name not in source.heads:
@@ -281,7 +330,7 @@ def _source_head(source: ModelSource, name: str, task: Task, encoder: HFEncoder)
         raise ConfigError(
             f"task {name!r}: the teacher's labels differ from the student's ({detail})"
         )
-    head = task.build_head(encoder.hidden_size, 0.0)
+    head = task.build_head_on(encoder, 0.0)
     try:
         head.load_state_dict(source.heads[name])
     except RuntimeError as err:

@@ -6,7 +6,8 @@ What :class:`~mtlkit.model.multitask.MultiTaskModel` is built from (distillation
 
     encoder/            Hugging Face ``save_pretrained`` (config.json, model.safetensors)
     tokenizer/          Hugging Face ``save_pretrained``
-    heads.safetensors   every head's tensors, keys ``<task>.<param>``
+    heads.safetensors   every linear head's tensors, keys ``<task>.<param>``
+    decoders/<task>/    generation tasks: the decoder, Hugging Face ``save_pretrained``
     mtlkit.json         format version, pooling and, per task, how to tokenize its input and
                         how to read its outputs (labels, threshold, target scale)
 
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from mtlkit.errors import ConfigError
@@ -38,6 +39,10 @@ PLAIN_FORMAT_VERSION = 1
 META_FILE = "mtlkit.json"
 HEADS_FILE = "heads.safetensors"
 ENCODER_DIR = "encoder"
+DECODERS_DIR = "decoders"
+#: ``mtlkit.json``'s ``encoder_type`` of a seq2seq backbone (``encoder/`` holds the whole
+#: encoder-decoder model; generation heads name ``encoder`` as their decoder's folder).
+SEQ2SEQ = "seq2seq"
 TOKENIZER_DIR = "tokenizer"
 #: Version 2: each task's own encoder part (adapters, merged weights, prefixes), described by
 #: ``mtlkit.json``'s ``task_encoder`` (``class_path``, ``init_args``, ``paths``).
@@ -63,6 +68,9 @@ class ModelSource:
         task_encoder: Exported folders of per-task encoders: the class that reads each task's
             own part (``class_path``, ``init_args``, ``paths``; see
             :mod:`mtlkit.model.task_encoders`) and ``folder``, where those parts are.
+        decoders: Exported folders: each generation task's decoder model.
+        seq2seq: The encoder is a seq2seq model's (``Seq2SeqBackbone``): config and weights
+            are the whole encoder-decoder model's.
     """
 
     path: str
@@ -73,6 +81,8 @@ class ModelSource:
     pooling: str = "mean"
     specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_encoder: dict[str, Any] | None = None
+    decoders: dict[str, PreTrainedModel] = field(default_factory=dict)
+    seq2seq: bool = False
 
 
 # ------------------------------------------------------------------------ exported folders
@@ -118,14 +128,16 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_encoder(folder: str | Path) -> PreTrainedModel:
-    """The exported encoder, without the pooler it was trained without.
+def load_encoder(folder: str | Path, seq2seq: bool = False) -> PreTrainedModel:
+    """The exported encoder, without the pooler it was trained without (``seq2seq``: the whole
+    encoder-decoder model of a ``Seq2SeqBackbone``).
 
     Raises:
         ValueError: Weights other than the pooler's are missing from the folder.
     """
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModel
     with quiet_transformers():
-        model, info = AutoModel.from_pretrained(str(folder), output_loading_info=True)
+        model, info = auto.from_pretrained(str(folder), output_loading_info=True)
     missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
     if missing:
         raise ValueError(f"encoder in {folder} lacks weights {sorted(missing)[:5]}")
@@ -152,19 +164,44 @@ def _export_heads(
     return heads
 
 
+def load_decoders(folder: str | Path, meta: dict[str, Any]) -> dict[str, PreTrainedModel]:
+    """The decoder folders of an export's generation tasks (``decoders/<task>/``).
+
+    Raises:
+        FileNotFoundError: A decoder folder named in ``mtlkit.json`` is missing.
+    """
+    out = {}
+    for name, spec in meta["tasks"].items():
+        sub = spec["head"].get("decoder")
+        if sub is None or sub == ENCODER_DIR:  # no decoder, or the seq2seq backbone's own
+            continue
+        if not (Path(folder) / sub / "config.json").exists():
+            raise FileNotFoundError(f"{folder} lacks the decoder of task {name!r} ({sub}/)")
+        with quiet_transformers():
+            out[name] = AutoModelForCausalLM.from_pretrained(str(Path(folder) / sub)).eval()
+    return out
+
+
 def source_from_parts(
-    path: str, encoder: PreTrainedModel, meta: dict[str, Any], flat: dict[str, Tensor]
+    path: str,
+    encoder: PreTrainedModel,
+    meta: dict[str, Any],
+    flat: dict[str, Tensor],
+    decoders: dict[str, PreTrainedModel] | None = None,
 ) -> ModelSource:
-    """An export's parts (encoder, ``mtlkit.json``, head tensors) as a :class:`ModelSource`."""
+    """An export's parts (encoder, ``mtlkit.json``, head tensors, decoders) as a
+    :class:`ModelSource`."""
     return ModelSource(
         path=path,
         encoder_config=encoder.config.to_dict(),
         encoder_state=dict(encoder.state_dict()),
-        heads=_export_heads(flat, meta["tasks"], f"{path}/{HEADS_FILE}"),
+        heads=_with_decoders(_export_heads(flat, meta["tasks"], f"{path}/{HEADS_FILE}"), decoders),
         tasks={n: dict(s.get("head_state", {})) for n, s in meta["tasks"].items()},
         pooling=meta.get("pooling", "mean"),
         specs={n: dict(s) for n, s in meta["tasks"].items()},
         task_encoder=_task_encoder(meta, path),
+        decoders=dict(decoders or {}),
+        seq2seq=meta.get("encoder_type") == SEQ2SEQ,
     )
 
 
@@ -173,6 +210,17 @@ def _task_encoder(meta: dict[str, Any], path: str) -> dict[str, Any] | None:
     if spec is None:
         return None
     return {"folder": str(Path(path) / TASK_ENCODER_DIR)} | dict(spec)
+
+
+def _with_decoders(
+    heads: dict[str, dict[str, Tensor]], decoders: dict[str, PreTrainedModel] | None
+) -> dict[str, dict[str, Tensor]]:
+    """Generation heads' full state: their tensors in ``heads.safetensors`` and their decoder's
+    weights (``decoder.<key>``, as in the head module)."""
+    for name, decoder in (decoders or {}).items():
+        heads[name] = {**heads.get(name, {})}
+        heads[name].update({f"decoder.{k}": v for k, v in decoder.state_dict().items()})
+    return heads
 
 
 def read_exported(folder: str | Path) -> ModelSource:
@@ -184,8 +232,9 @@ def read_exported(folder: str | Path) -> ModelSource:
     folder = Path(folder)
     try:
         meta = read_meta(folder, need_tokenizer=False)
-        encoder = load_encoder(folder / ENCODER_DIR)
-        return source_from_parts(str(folder), encoder, meta, load_file(str(folder / HEADS_FILE)))
+        encoder = load_encoder(folder / ENCODER_DIR, meta.get("encoder_type") == SEQ2SEQ)
+        flat = load_file(str(folder / HEADS_FILE))
+        return source_from_parts(str(folder), encoder, meta, flat, load_decoders(folder, meta))
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from err
 

@@ -2,6 +2,7 @@
 
 from mtlkit.tasks.base import IGNORE_INDEX, Task
 from mtlkit.tasks.dialogue_classification import DialogueClassification
+from mtlkit.tasks.generation import Seq2SeqGeneration
 from mtlkit.tasks.multi_label import MultiLabelClassification
 from mtlkit.tasks.regression import Regression
 from mtlkit.tasks.sequence_classification import SequenceClassification
@@ -12,6 +13,7 @@ __all__ = [
     "DialogueClassification",
     "MultiLabelClassification",
     "Regression",
+    "Seq2SeqGeneration",
     "SequenceClassification",
     "Task",
     "TokenClassification",

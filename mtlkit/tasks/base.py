@@ -7,6 +7,7 @@ module and the model stay generic over tasks: they only call the methods below.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -39,8 +40,9 @@ class Task(ABC):
 
     #: ``"sequence"`` heads get a pooled vector; ``"token"`` heads get every token state;
     #: ``"dialogue"`` heads get one pooled vector per turn (``[dialogues, turns, hidden]``) and
-    #: the sub-batch's ``turn_mask`` (each turn is one encoder row).
-    level: ClassVar[Literal["sequence", "token", "dialogue"]] = "sequence"
+    #: the sub-batch's ``turn_mask`` (each turn is one encoder row); ``"text"`` heads
+    #: (generation) get every token state and the whole sub-batch.
+    level: ClassVar[Literal["sequence", "token", "dialogue", "text"]] = "sequence"
     #: Metric used for the mean over tasks and for model selection (higher is better).
     primary_metric: str
     #: Number of outputs of the head (classes, tags, labels); ``None`` until resolved from the
@@ -111,6 +113,11 @@ class Task(ABC):
         for column in self.text_columns():
             check_text_column(self, split, ds, column)
 
+    def bind_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Called by the data module with its tokenizer before the data is read (tasks that
+        turn token ids back into text keep it); nothing by default."""
+        del tokenizer
+
     @abstractmethod
     def prepare(self, data: DatasetDict) -> DatasetDict:
         """Checks targets (types, ranges) and resolves label metadata such as ``num_labels``."""
@@ -153,6 +160,12 @@ class Task(ABC):
     def build_head(self, hidden_size: int, dropout: float) -> nn.Module:
         """The task-specific output layer(s)."""
 
+    def build_head_on(self, encoder: nn.Module, dropout: float) -> nn.Module:
+        """The head, built with the shared encoder at hand (heads that copy or share the
+        encoder's weights, such as decoders, override this); default: :meth:`build_head` of
+        the encoder's ``hidden_size``."""
+        return self.build_head(int(encoder.hidden_size), dropout)
+
     @abstractmethod
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Scalar training loss of one sub-batch."""
@@ -194,6 +207,15 @@ class Task(ABC):
     def metric_inputs(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Turns head outputs and targets into the ``(preds, target)`` the metrics take."""
         return logits.detach(), labels
+
+    def eval_metric_inputs(
+        self, logits: Tensor, batch: dict[str, Any], generate: Callable[..., Tensor]
+    ) -> tuple[Any, Any]:
+        """The ``(preds, target)`` of one evaluation sub-batch: :meth:`metric_inputs` of the
+        head outputs by default; generation tasks call ``generate(**settings)`` (the head's
+        decoding of this sub-batch) and compare texts."""
+        del generate
+        return self.metric_inputs(logits, batch["labels"])
 
     def label_state(self) -> dict[str, Any]:
         """Label metadata the head was trained with (label names, target scale): saved in

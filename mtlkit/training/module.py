@@ -168,9 +168,7 @@ class MultiTaskModule(L.LightningModule):
                 raise ConfigError(
                     f"task {name!r} has unresolved labels; set num_labels or set up the data first"
                 )
-            self.model.add_task(
-                name, task.level, task.build_head(self.encoder.hidden_size, self.dropout)
-            )
+            self.model.add_task(name, task.level, task.build_head_on(self.encoder, self.dropout))
             for split in ("val", "test"):
                 self.metrics[f"{split}_{name}"] = task.build_metrics()
                 self.metrics[f"{split}_{name}_loss"] = MeanMetric()
@@ -461,7 +459,9 @@ class MultiTaskModule(L.LightningModule):
         subs = batch["tasks"]
         for name, out in self(subs).items():
             task, labels = self.tasks[name], subs[name]["labels"]
-            self.metrics[f"{split}_{name}"].update(*task.metric_inputs(out["logits"], labels))
+            generate = self.model.generator(name, out["features"], subs[name])
+            preds, target = task.eval_metric_inputs(out["logits"], subs[name], generate)
+            self.metrics[f"{split}_{name}"].update(preds, target)
             # A weighted running mean (a torchmetrics metric, so DDP processes are combined
             # exactly): the split's mean loss over examples (tokens, for token tasks).
             loss = task.loss(out["logits"], labels).detach().float()
@@ -499,10 +499,12 @@ class MultiTaskModule(L.LightningModule):
         if batch.get("padding"):  # a DDP padding batch (EvalBatchSampler)
             return None
         subs = batch["tasks"]
-        return {
-            name: self.tasks[name].metric_inputs(out["logits"], subs[name]["labels"])[0].cpu()
-            for name, out in self(subs).items()
-        }
+        out = {}
+        for name, outputs in self(subs).items():
+            generate = self.model.generator(name, outputs["features"], subs[name])
+            preds = self.tasks[name].eval_metric_inputs(outputs["logits"], subs[name], generate)[0]
+            out[name] = preds.cpu() if torch.is_tensor(preds) else preds
+        return out
 
     # ---------------------------------------------------------- optimizer
     def extra_parameter_groups(self) -> list[dict[str, Any]]:
@@ -511,7 +513,13 @@ class MultiTaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         groups = encoder_param_groups(self.encoder, self.layer_lr_decay)
-        heads = {"params": list(self.heads.parameters()), "name": "heads"}
+        # A decoder head may share weights with the encoder (tied decoders, a seq2seq
+        # backbone's embeddings): those train with the encoder's group.
+        shared = {id(p) for p in self.encoder.parameters()}
+        heads: dict[str, Any] = {
+            "params": [p for p in self.heads.parameters() if id(p) not in shared],
+            "name": "heads",
+        }
         if self.head_lr is not None:
             heads["lr"] = self.head_lr
         groups.append(heads)

@@ -97,6 +97,12 @@ class FeatureDataModule(MultiTaskDataModule):
         return super()._tokenize(task, split, ds)
 
     def _prepare_task(self, task: Task) -> dict[str, Any]:
+        if task.level not in ("sequence", "token"):
+            raise ConfigError(
+                f"task {task.name!r}: cached features serve classification and regression "
+                f"heads; a {type(task).__name__} task decodes from the encoder at every step, "
+                "so train it with mtlkit.data.MultiTaskDataModule"
+            )
         splits = super()._prepare_task(task)
         if self._encoder_key is None:
             self._encoder_key = encoder_fingerprint(self.encoder)
