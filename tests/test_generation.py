@@ -355,6 +355,7 @@ def test_init_from_carries_a_generation_head(tmp_path):
     target = gen_task()
     target.tokens = dict(gen.tokens)
     new = tiny_model([target, toy_task("cls")], init_from=ckpt, init_heads=["gen"])
+    new.configure_model()  # building the model reads init_from
     trained, loaded = module.heads["gen"].state_dict(), new.heads["gen"].state_dict()
     assert set(trained) == set(loaded)
     assert all(torch.equal(trained[k], loaded[k]) for k in trained)
@@ -388,6 +389,7 @@ def test_export_of_a_decoder_of_another_width_and_init_from_the_export(tmp_path)
     target = gen_task(decoder=partial(WarmStartDecoder, config=small))
     target.tokens = dict(gen.tokens)
     new = tiny_model([target], init_from=str(folder), init_heads=["gen"])
+    new.configure_model()  # building the model reads init_from
     trained, loaded = module.heads["gen"].state_dict(), new.heads["gen"].state_dict()
     assert set(trained) == set(loaded) and "enc_to_dec_proj.weight" in loaded
     assert all(torch.equal(trained[k], loaded[k]) for k in trained)

@@ -171,6 +171,7 @@ def test_init_from_a_backbone_checkpoint(tmp_path):
         init_from=ckpt,
         init_heads=["gen"],
     )
+    new.configure_model()  # building the model reads init_from
     trained, loaded = module.state_dict(), new.state_dict()
     for key in [k for k in trained if k.startswith(("encoder.", "heads.gen."))]:
         assert torch.equal(trained[key], loaded[key]), key

@@ -72,7 +72,7 @@ class FeatureDataModule(MultiTaskDataModule):
             raise ConfigError("feature extraction needs one encoder for all tasks (per_task off)")
         if feature_batch_size < 1:
             raise ConfigError(f"feature_batch_size must be >= 1, got {feature_batch_size}")
-        turn_level = [t.name for t in self.tasks if t.level not in ("sequence", "token")]
+        turn_level = [t.name for t in self.tasks if t.level == "dialogue"]
         if turn_level:
             raise ConfigError(
                 f"task(s) {turn_level}: feature-based training caches one vector per example or "
