@@ -11,10 +11,12 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from transformers import PreTrainedTokenizerBase
 
+from mtlkit.dialogue import encode_dialogues
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.metrics.generation import generation_metrics
 from mtlkit.sources import DataSource
 from mtlkit.tasks._checks import check_text_column
+from mtlkit.tasks._dialogue import check_turn_lists
 from mtlkit.tasks.base import IGNORE_INDEX, Task, _pad, text_inputs
 
 #: Builds a generation head from the shared encoder and the special token ids
@@ -64,6 +66,12 @@ class Seq2SeqGeneration(Task):
         primary_metric: One of ``bleu``, ``rouge1``, ``rouge2``, ``rougeL``, ``chrf``,
             ``exact_match``.
         bleu_tokenize: sacreBLEU tokenizer of the BLEU score (``13a``; ``zh`` for Chinese).
+        dialogue: The source column holds a dialogue context (a list of turns, oldest first),
+            encoded flat as :class:`~mtlkit.tasks.DialogueClassification` does
+            (:func:`mtlkit.dialogue.encode_dialogues`: turns joined with separators, the oldest
+            dropped first when longer than ``max_length``, so the latest turns survive).
+        speakers_column: With ``dialogue``: a column of one speaker name per turn.
+        max_turns: With ``dialogue``: keep only the latest ``max_turns`` turns.
     """
 
     level = "text"
@@ -87,6 +95,9 @@ class Seq2SeqGeneration(Task):
         do_sample: bool = False,
         primary_metric: str = "rougeL",
         bleu_tokenize: str = "13a",
+        dialogue: bool = False,
+        speakers_column: str | None = None,
+        max_turns: int | None = None,
     ) -> None:
         super().__init__(
             name, source, text_column, target_column, max_length, loss_weight, text_pair_column
@@ -107,6 +118,16 @@ class Seq2SeqGeneration(Task):
                 )
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"task {name!r}: label_smoothing must be in [0, 1)")
+        if (speakers_column is not None or max_turns is not None) and not dialogue:
+            raise ConfigError(
+                f"task {name!r}: speakers_column and max_turns apply to a dialogue source; set "
+                "dialogue: true"
+            )
+        if dialogue and text_pair_column is not None:
+            raise ConfigError(f"task {name!r}: a dialogue source has no text_pair_column")
+        if max_turns is not None and (isinstance(max_turns, bool) or max_turns < 1):
+            raise ConfigError(f"task {name!r}: max_turns must be >= 1, got {max_turns!r}")
+        self.dialogue, self.speakers_column, self.max_turns = dialogue, speakers_column, max_turns
         self.target_column = target_column
         self.decoder = decoder
         self.max_target_length = max_target_length
@@ -128,15 +149,29 @@ class Seq2SeqGeneration(Task):
         self.tokenizer = tokenizer
         self.tokens = special_tokens(tokenizer, self.name)
 
+    def text_columns(self) -> list[str]:
+        if not self.dialogue:
+            return super().text_columns()
+        return [self.text_column, *([self.speakers_column] if self.speakers_column else [])]
+
     def check_rows(self, split: str, ds: Dataset) -> None:
-        super().check_rows(split, ds)  # the source text(s)
+        if self.dialogue:
+            check_turn_lists(self, split, ds, self.text_column, self.speakers_column)
+        else:
+            super().check_rows(split, ds)  # the source text(s)
         check_text_column(self, split, ds, self.target_column)
 
     def prepare(self, data: DatasetDict) -> DatasetDict:
         return data
 
     def tokenize(self, batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase) -> dict:
-        out = text_inputs(self, batch, tokenizer)
+        if self.dialogue:
+            speakers = batch[self.speakers_column] if self.speakers_column else None
+            out = encode_dialogues(
+                tokenizer, batch[self.text_column], self.max_length, speakers, self.max_turns
+            )
+        else:
+            out = text_inputs(self, batch, tokenizer)
         targets = [str(t) for t in batch[self.target_column]]
         drop = _drops_leading_cls(tokenizer)
         ids = tokenizer(targets, truncation=True, max_length=self.max_target_length + drop)
@@ -145,7 +180,17 @@ class Seq2SeqGeneration(Task):
         return out
 
     def fingerprint(self) -> str:
-        return repr((super().fingerprint(), self.target_column, self.max_target_length))
+        dialogue = (self.dialogue, self.speakers_column, self.max_turns)
+        return repr((super().fingerprint(), self.target_column, self.max_target_length, dialogue))
+
+    def input_spec(self) -> dict[str, Any]:
+        """A dialogue source: how an exported model encodes it (see :mod:`mtlkit.dialogue`)."""
+        if not self.dialogue:
+            return {}
+        speakers = self.speakers_column is not None
+        return {"type": "dialogue", "encoding": "flat", "max_turns": self.max_turns} | {
+            "speakers": speakers
+        }
 
     def collate(self, rows: dict[str, list[Any]], pad_token_id: int) -> dict[str, Any]:
         out: dict[str, Any] = super().collate(rows, pad_token_id)
