@@ -38,6 +38,7 @@ VARIANTS: dict[str, list[str]] = {
 }
 MODES: dict[str, dict[str, Any]] = {
     "default": {"seeds": 3, "args": []},
+    "full": {"seeds": 5, "args": []},
     "smoke": {
         "seeds": 1,
         "args": [

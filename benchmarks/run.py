@@ -2,7 +2,8 @@
 
     python -m benchmarks.run                  # the default CPU suite (see below for its time)
     python -m benchmarks.run --full           # the whole MiniLM-L6, longer budgets (for a GPU)
-    python -m benchmarks.run --only mtl       # one part: mtl, throughput, chinese
+    python -m benchmarks.run --only mtl       # one part: mtl, throughput, chinese, generation,
+                                              # distillation (not in the default set)
     python -m benchmarks.run --rows single/trec,weighting/dwa --seeds 2 --steps 10 --allow-dirty
 
 The English suite is ``configs/quickstart.yaml`` (MiniLM shared by TREC, BBC topic and the
@@ -196,7 +197,11 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--full", action="store_true", help="the large version (for a GPU)")
-    parser.add_argument("--only", choices=["mtl", "throughput", "chinese"], action="append")
+    parser.add_argument(
+        "--only",
+        choices=["mtl", "throughput", "chinese", "generation", "distillation"],
+        action="append",
+    )
     parser.add_argument("--rows", help="comma-separated rows of the English suite")
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--steps", type=int, help="most steps per task (early stopping)")
@@ -214,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     clean = require_clean(args.allow_dirty, "make bench")
     mode = "full" if args.full else "default"
-    parts = args.only or ["throughput", "chinese", "mtl"]
+    parts = args.only or ["throughput", "chinese", "generation", "mtl"]
     start = time.perf_counter()
     if "throughput" in parts:
         from benchmarks import throughput
@@ -224,6 +229,14 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks import chinese
 
         chinese.run(mode)
+    if "generation" in parts:
+        from benchmarks import generation
+
+        generation.run(mode)
+    if "distillation" in parts:
+        from benchmarks import distillation
+
+        distillation.run(mode)
     if "mtl" in parts:
         selected = args.rows.split(",") if args.rows else None
         if args.workers > 1 and selected is None:

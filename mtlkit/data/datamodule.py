@@ -140,13 +140,25 @@ class MultiTaskDataModule(L.LightningDataModule):
         raw = task.load()
         out = {}
         for split, ds in raw.items():
-            cap = self.max_train_examples if split == "train" else self.max_eval_examples
-            if cap is not None and len(ds) > cap:
-                ds = ds.select(np.sort(np.random.default_rng(self.seed).permutation(len(ds))[:cap]))
-            out[split] = self._tokenize(task, split, ds)
+            out[split] = self._tokenize(task, split, self._capped(split, ds))
         if len(out["train"]) == 0:
             raise DataError(f"task {task.name!r}: no training examples left after filtering")
         return out
+
+    def _capped(self, split: str, ds: Dataset) -> Dataset:
+        """``max_train_examples`` / ``max_eval_examples``: a deterministic subset (in order)."""
+        cap = self.max_train_examples if split == "train" else self.max_eval_examples
+        if cap is not None and len(ds) > cap:
+            ds = ds.select(np.sort(np.random.default_rng(self.seed).permutation(len(ds))[:cap]))
+        return ds
+
+    def raw_split(self, name: str, split: str) -> Dataset:
+        """Task ``name``'s ``split`` as this data module trains or evaluates on it (the same
+        examples, before tokenization): e.g. for baselines scored on the same test examples."""
+        task = next((t for t in self.tasks if t.name == name), None)
+        if task is None:
+            raise ConfigError(f"no task {name!r}; tasks: {[t.name for t in self.tasks]}")
+        return self._capped(split, task.load()[split])
 
     def _tokenize(self, task: Task, split: str, ds: Dataset) -> Dataset:
         tokenizer = self.tokenizer
