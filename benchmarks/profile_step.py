@@ -55,7 +55,9 @@ def categories(stats: pstats.Stats, mtlkit: bool) -> dict[str, float]:
         step = _cum(stats, _fn("mtlkit/model/module.py", "training_step"))
         out["training_step around the encoder"] = step - encoder
         out["  of which self.log"] = _cum(stats, _fn("lightning/pytorch/core/module.py", "log"))
-        out["post-step parameter check"] = _cum(stats, _fn("mtlkit/model/module.py", "_check_step"))
+        out["post-step parameter check"] = _cum(
+            stats, _fn("mtlkit/training/step_guard.py", "after_update")
+        )
     counted = sum(v for k, v in out.items() if not k.startswith(" "))
     out["loop, hooks and the rest"] = total - counted
     return {"total": total, **out}

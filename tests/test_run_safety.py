@@ -29,7 +29,7 @@ from mtlkit.data import InMemory
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.run_folder import lock_path
 from mtlkit.tasks import Regression, SequenceClassification
-from mtlkit.training.module import NonFiniteError
+from mtlkit.training import NonFiniteError
 from mtlkit.weighting import StaticWeighting
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,6 +6,7 @@ weighting, logging, optimizers, checkpoint hooks), and its distillation variant.
 """
 
 from mtlkit.training.distillation import DistillationModule, Teacher
-from mtlkit.training.module import MultiTaskModule, NonFiniteError
+from mtlkit.training.module import MultiTaskModule
+from mtlkit.training.step_guard import NonFiniteError
 
 __all__ = ["DistillationModule", "MultiTaskModule", "NonFiniteError", "Teacher"]

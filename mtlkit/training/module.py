@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
-from mtlkit.errors import ConfigError, DataError, MtlkitError
+from mtlkit.errors import ConfigError, DataError
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.multitask import MultiTaskModel, TaskOutput
 from mtlkit.model.outputs import task_decoder
@@ -25,15 +25,10 @@ from mtlkit.optim import LinearWarmupDecay, adamw
 from mtlkit.tasks.base import Task
 from mtlkit.training.distributed import global_mean_losses
 from mtlkit.training.param_groups import encoder_param_groups
+from mtlkit.training.step_guard import StepGuard
 from mtlkit.weighting import EqualWeighting, StepContext, StepObserver, Weighting
 
 SchedulerCallable = Callable[[Optimizer, int], LRScheduler]
-#: The skipped-step fraction limit applies from this many training steps on (1 of 4 is no trend).
-MIN_STEPS_FOR_SKIP_FRACTION = 20
-
-
-class NonFiniteError(MtlkitError, FloatingPointError):
-    """Training produced NaN/inf (loss, task weights or parameters) or diverged."""
 
 
 class MultiTaskModule(L.LightningModule):
@@ -93,10 +88,6 @@ class MultiTaskModule(L.LightningModule):
         max_param_norm_growth: float | None = 10.0,
     ) -> None:
         super().__init__()
-        if on_nonfinite_loss not in ("raise", "skip"):
-            raise ConfigError(
-                f"on_nonfinite_loss must be 'raise' or 'skip', got {on_nonfinite_loss!r}"
-            )
         check_pooling(pooling)
         # Components stay out of the hyperparameters so checkpoints load with weights_only=True.
         self.save_hyperparameters(
@@ -115,23 +106,9 @@ class MultiTaskModule(L.LightningModule):
         self.weighting.setup(self.task_names)
         self.pooling, self.dropout = pooling, dropout
         self.optimizer_fn, self.scheduler_fn, self.head_lr = optimizer, lr_scheduler, head_lr
-        self.on_nonfinite_loss = on_nonfinite_loss
-        if max_consecutive_skips < 0 or not 0.0 <= max_skipped_fraction <= 1.0:
-            raise ConfigError(
-                "max_consecutive_skips must be >= 0 and max_skipped_fraction in [0, 1], got "
-                f"{max_consecutive_skips} and {max_skipped_fraction}"
-            )
-        if max_param_norm_growth is not None and not max_param_norm_growth > 1.0:
-            raise ConfigError(f"max_param_norm_growth must be > 1, got {max_param_norm_growth}")
-        self.max_consecutive_skips, self.max_skipped_fraction = (
-            max_consecutive_skips,
-            max_skipped_fraction,
+        self.guard = StepGuard(
+            on_nonfinite_loss, max_consecutive_skips, max_skipped_fraction, max_param_norm_growth
         )
-        self.max_param_norm_growth = max_param_norm_growth
-        self._skipped: list[int] = []
-        self._attempted_steps = self._consecutive_skips = 0
-        self._param_norm: Tensor | None = None  # total parameter norm after the last step
-        self._pending_check: tuple[Tensor, Any] | None = None  # weights flag, checked post-step
         if layer_lr_decay is not None and not 0.0 < layer_lr_decay <= 1.0:
             raise ConfigError(f"layer_lr_decay must be in (0, 1], got {layer_lr_decay}")
         if init_heads and init_from is None:
@@ -242,10 +219,10 @@ class MultiTaskModule(L.LightningModule):
     # ----------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         subs = batch["tasks"]
-        self._attempted_steps += 1
+        self.guard.begin()
         outputs = self(subs)
         losses = self.task_losses(outputs, subs)
-        if not self._finite(losses):
+        if not self.guard.losses_finite(losses, self.global_step, self._is_distributed()):
             return None  # skipped step (on_nonfinite_loss="skip")
         losses = self._global_mean_losses(losses, subs)
         ctx = StepContext(
@@ -261,9 +238,10 @@ class MultiTaskModule(L.LightningModule):
             shared_module=self.encoder,
         )
         combined = self.weighting(losses, ctx)
-        if not self._weights_finite(combined):
+        method, distributed = type(self.weighting).__name__, self._is_distributed()
+        if not self.guard.weights_finite(combined, self.global_step, distributed, method):
             return None  # skipped step (on_nonfinite_loss="skip")
-        self._consecutive_skips = 0
+        self.guard.passed()
         for callback in self.trainer.callbacks if self._trainer is not None else []:
             if isinstance(callback, StepObserver):  # e.g. GradientDiagnostics, before backward
                 callback.on_weighted_step(self.trainer, losses, ctx, combined)
@@ -296,11 +274,12 @@ class MultiTaskModule(L.LightningModule):
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         check = self._checks_parameters()
-        if check and self._param_norm is None:
-            self._param_norm = self._total_norm()
+        if check:
+            self.guard.before_update(self.parameters)
         self._scaled_optimizer_step(*args, **kwargs)
         if check:
-            self._check_step()
+            reduce = self._reduce_sum if self._is_distributed() else None
+            self.guard.after_update(self.parameters, self.global_step, reduce)
         # Gradients are still there (cleared at the next step): AdaLoRA's budget update.
         self.encoder.after_optimizer_step(self.global_step)
 
@@ -334,123 +313,21 @@ class MultiTaskModule(L.LightningModule):
                 absent += self.encoder.task_parameters(name)
         return sum((p.sum() * 0.0 for p in absent), 0.0)
 
-    def _finite(self, losses: dict[str, Tensor]) -> bool:
-        # One device-to-host sync per step (not one per task) on the common, finite path.
-        if bool(torch.isfinite(torch.stack([v.detach().float() for v in losses.values()])).all()):
-            return True
-        bad = [n for n, loss in losses.items() if not torch.isfinite(loss)]
-        return self._skip_or_raise(
-            f"non-finite loss for task(s) {bad} at step {self.global_step}; "
-            "lower the learning rate or check the targets"
-        )
-
-    def _weights_finite(self, combined: Any) -> bool:
-        """The weighting method's output: its weights and the combined loss must be finite.
-
-        With ``raise``, the check joins the post-step parameter check (one sync per step for
-        both); with ``skip`` it must decide now, before the update.
-        """
-        values = [combined.loss.detach().float().reshape(1)]
-        values += [
-            torch.as_tensor(w).detach().float().reshape(-1) for w in combined.weights.values()
-        ]
-        flag = ~torch.isfinite(torch.cat([v.to(values[0].device) for v in values])).all()
-        weights = {n: torch.as_tensor(w).detach() for n, w in combined.weights.items()}
-        seen = (weights, combined.loss.detach())
-        if self.on_nonfinite_loss == "skip" and not self._is_distributed():
-            return not bool(flag) or self._skip_or_raise(self._weights_message(*seen))
-        self._pending_check = (flag, seen)
-        return True
-
-    def _weights_message(self, weights: dict[str, Tensor], loss: Tensor) -> str:
-        shown = {n: round(float(w), 6) for n, w in weights.items()}
-        return (
-            f"non-finite weighted loss at step {self.global_step}: "
-            f"{type(self.weighting).__name__} gave task weights {shown} and combined loss "
-            f"{float(loss)}; check the weighting method's settings (e.g. "
-            "StaticWeighting's weights)"
-        )
-
     def _is_distributed(self) -> bool:
         return self._trainer is not None and self.trainer.world_size > 1
 
-    def _skip_or_raise(self, message: str) -> bool:
-        """Raises, or counts a skipped step (and raises once skips pass their limits)."""
-        if self.on_nonfinite_loss == "raise" or self._is_distributed():
-            raise NonFiniteError(message)
-        self._skipped.append(self.global_step)
-        self._consecutive_skips += 1
-        skipped, attempted = len(self._skipped), self._attempted_steps
-        if self._consecutive_skips > self.max_consecutive_skips:
-            raise NonFiniteError(
-                f"{message}; {self._consecutive_skips} steps in a row were skipped (more than "
-                f"max_consecutive_skips={self.max_consecutive_skips}): the run diverged"
-            )
-        if (
-            attempted >= MIN_STEPS_FOR_SKIP_FRACTION
-            and skipped > self.max_skipped_fraction * attempted
-        ):
-            raise NonFiniteError(
-                f"{message}; {skipped} of {attempted} steps were skipped (more than "
-                f"max_skipped_fraction={self.max_skipped_fraction}): the run diverged"
-            )
-        rank_zero_warn(message + " (step skipped)")
-        return False
+    def _reduce_sum(self, tensor: Tensor) -> Tensor:
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
 
     def on_train_end(self) -> None:
-        if self._skipped:
-            shown = self._skipped[:20]
-            rank_zero_warn(
-                f"{len(self._skipped)} of {self._attempted_steps} training steps were skipped "
-                f"for non-finite losses (on_nonfinite_loss: skip), at step(s) {shown}"
-                + (" ..." if len(self._skipped) > len(shown) else "")
-            )
+        summary = self.guard.summary()
+        if summary is not None:
+            rank_zero_warn(summary)
 
-    # ------------------------------------------------------- step safety
     def _checks_parameters(self) -> bool:
         strategy = self._trainer.strategy if self._trainer is not None else None
         # Sharded strategies hold flat or partitioned parameters: their norms are per shard.
         return not isinstance(strategy, FSDPStrategy | DeepSpeedStrategy | ModelParallelStrategy)
-
-    def _total_norm(self) -> Tensor:
-        params = [p.detach() for p in self.parameters() if p.is_floating_point()]
-        return torch.nn.utils.get_total_norm(params, norm_type=2.0).float()
-
-    def _check_step(self) -> None:
-        """After the optimizer step, before anything (a checkpoint) reads the parameters: stops
-        on non-finite weights or parameters, or a step that multiplied the parameters' norm.
-
-        One device-to-host sync for all of it (plus one scalar all-reduce across processes).
-        """
-        before, after = self._param_norm, self._total_norm()
-        pending, self._pending_check = self._pending_check, None
-        flags = [~torch.isfinite(after)]
-        if self.max_param_norm_growth is not None and before is not None:
-            flags.append(after > self.max_param_norm_growth * before.clamp(min=1.0))
-        flags.append(pending[0] if pending is not None else torch.zeros((), dtype=torch.bool))
-        state = torch.stack([f.to(after.device) for f in flags]).float()
-        if self._is_distributed():
-            state = self.trainer.strategy.reduce(state, reduce_op="sum")
-        bad = [bool(v > 0) for v in state.tolist()]
-        self._param_norm = after
-        if not any(bad):
-            return
-        step, new = self.global_step, float(after)
-        if bad[-1]:
-            message = self._weights_message(*pending[1])
-        elif bad[0]:
-            message = f"the parameters became non-finite in the optimizer step at step {step}"
-        else:
-            old = float(before) if before is not None else 0.0
-            message = (
-                f"the optimizer step at step {step} multiplied the parameters' norm by "
-                f"{new / max(old, 1.0):.3g} ({old:.4g} -> {new:.4g}; limit "
-                f"max_param_norm_growth={self.max_param_norm_growth}): training diverged"
-            )
-        raise NonFiniteError(
-            f"{message}; lower the learning rate (or clip gradients: trainer.gradient_clip_val). "
-            "Training stopped before this step's parameters were checkpointed"
-        )
 
     # --------------------------------------------------------- evaluation
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
