@@ -339,6 +339,10 @@ def test_transfer_smoke(tmp_path, monkeypatch):
     assert set(payload["summary"]) == {f"{i}/{r}" for i in transfer.INITS for r in transfer.REGIMES}
     text = (tmp_path / "results" / "transfer_smoke.md").read_text()
     assert "| multitask/lora |" in text and "- gradual:" in text
+    # The parameter-efficient regimes train far fewer parameters than full fine-tuning.
+    costs = {r["regime"]: r["trainable_parameters"] for r in payload["runs"]}
+    assert all(costs[r] < costs["full"] / 4 for r in transfer.PEFT_CONFIGS)
+    assert "| houlsby |" in text and all(r["peak_memory_mb"] >= 0 for r in payload["runs"])
     assert len(payload["source"]["sha256"]) == 64 and payload["source"]["trained_now"]
     assert payload["for_readme"] is False
     # Two seeds: each regime's effect is a paired difference with an interval.
