@@ -49,11 +49,8 @@ def _mtlkit(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
 def _files(tmp_path: Path) -> dict[str, str]:
     typo = Path(TINY).read_text().replace("mtlkit.tasks.Regression", "mtlkit.tasks.Regresion")
     # The LightningModule's path before it moved out of mtlkit.model (which imports no Lightning).
-    moved = (
-        Path(TINY)
-        .read_text()
-        .replace("mtlkit.training.MultiTaskModule", "mtlkit.training.MultiTaskModule")
-    )
+    old = "mtlkit" + ".model.MultiTaskModule"  # spelled apart: path rewrites must not touch it
+    moved = Path(TINY).read_text().replace("mtlkit.training.MultiTaskModule", old)
     files = {
         "typo.yaml": typo,
         "moved.yaml": moved,
@@ -87,7 +84,8 @@ CONSOLE_CASES = [
         "moved_class_path",
         ["--config", "moved.yaml"],
         2,
-        "error: model: no class 'mtlkit.training.MultiTaskModule' (module 'mtlkit.model' has no "
+        "error: model: no class 'mtlkit"
+        ".model.MultiTaskModule' (module 'mtlkit.model' has no "
         "attribute 'MultiTaskModule'); did you mean 'mtlkit.training.MultiTaskModule'?",
     ),
     (
