@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 from datasets import ClassLabel, DatasetDict, Features, LargeList, List, Sequence, Value
 
 from mtlkit.errors import DataError, DataWarning
+from mtlkit.tasks._checks import integer_class_ids, require_two_classes
 
 
 def class_label_feature(data: DatasetDict, column: str) -> ClassLabel | None:
@@ -196,3 +197,21 @@ def label_list_names(
     if getattr(element, "dtype", None) in ("string", "large_string"):
         return encode_string_label_lists(data, task.label_column, task.name, given)
     return data, given
+
+
+def prepare_class_labels(task: Any, data: DatasetDict) -> DatasetDict:
+    """Single-label classification targets of ``task.label_column``: string labels encoded
+    (csv/tsv strings are ``large_string``, json/parquet ones ``string``) or integer class ids
+    checked; ``task.num_labels`` and ``task.label_names`` resolved; at least two classes; every
+    id in range."""
+    column, names = task.label_column, None
+    if data["train"].features[column].dtype in ("string", "large_string"):
+        data, names = encode_string_labels(data, column, task.name)
+    else:
+        data = integer_class_ids(data, column)
+    task.num_labels, task.label_names = resolve_num_labels(
+        data, column, task.name, task.num_labels, names
+    )
+    require_two_classes(task, column, task.label_names, task.num_labels)
+    check_label_range(data, column, task.name, task.num_labels)
+    return data

@@ -14,15 +14,9 @@ from transformers import PreTrainedTokenizerBase
 from mtlkit.dialogue import encode_dialogues
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.sources import DataSource
-from mtlkit.tasks._checks import check_label_cells, integer_class_ids, require_two_classes
+from mtlkit.tasks._checks import check_label_cells
 from mtlkit.tasks._dialogue import check_turn_lists, collate_turns
-from mtlkit.tasks._labels import (
-    check_label_range,
-    class_label_state,
-    encode_string_labels,
-    load_class_label_state,
-    resolve_num_labels,
-)
+from mtlkit.tasks._labels import class_label_state, load_class_label_state, prepare_class_labels
 from mtlkit.tasks.base import Task, linear_head, soft_kl
 
 Encoding = Literal["flat", "hierarchical"]
@@ -101,17 +95,7 @@ class DialogueClassification(Task):
         check_label_cells(self, split, ds, self.label_column)
 
     def prepare(self, data: DatasetDict) -> DatasetDict:
-        names = None
-        if data["train"].features[self.label_column].dtype in ("string", "large_string"):
-            data, names = encode_string_labels(data, self.label_column, self.name)
-        else:
-            data = integer_class_ids(data, self.label_column)
-        self.num_labels, self.label_names = resolve_num_labels(
-            data, self.label_column, self.name, self.num_labels, names
-        )
-        require_two_classes(self, self.label_column, self.label_names, self.num_labels)
-        check_label_range(data, self.label_column, self.name, self.num_labels)
-        return data
+        return prepare_class_labels(self, data)
 
     def tokenize(self, batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase) -> dict:
         dialogues = batch[self.turns_column]

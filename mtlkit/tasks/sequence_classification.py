@@ -13,14 +13,8 @@ from transformers import PreTrainedTokenizerBase
 
 from mtlkit.errors import DataError
 from mtlkit.sources import DataSource
-from mtlkit.tasks._checks import check_label_cells, integer_class_ids, require_two_classes
-from mtlkit.tasks._labels import (
-    check_label_range,
-    class_label_state,
-    encode_string_labels,
-    load_class_label_state,
-    resolve_num_labels,
-)
+from mtlkit.tasks._checks import check_label_cells
+from mtlkit.tasks._labels import class_label_state, load_class_label_state, prepare_class_labels
 from mtlkit.tasks.base import Task, linear_head, soft_kl, text_inputs
 
 
@@ -67,18 +61,7 @@ class SequenceClassification(Task):
         check_label_cells(self, split, ds, self.label_column)
 
     def prepare(self, data: DatasetDict) -> DatasetDict:
-        names = None
-        # csv/tsv strings are ``large_string``, json/parquet ones ``string``
-        if data["train"].features[self.label_column].dtype in ("string", "large_string"):
-            data, names = encode_string_labels(data, self.label_column, self.name)
-        else:
-            data = integer_class_ids(data, self.label_column)
-        self.num_labels, self.label_names = resolve_num_labels(
-            data, self.label_column, self.name, self.num_labels, names
-        )
-        require_two_classes(self, self.label_column, self.label_names, self.num_labels)
-        check_label_range(data, self.label_column, self.name, self.num_labels)
-        return data
+        return prepare_class_labels(self, data)
 
     def tokenize(self, batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase) -> dict:
         out = text_inputs(self, batch, tokenizer)
