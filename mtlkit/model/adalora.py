@@ -12,7 +12,7 @@ from peft.tuners.adalora import RankAllocator
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
-from mtlkit.model.injected import InjectedAdapterEncoder
+from mtlkit.model.adapters import InjectedAdapterEncoder
 
 
 class _TaskView:

@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
@@ -180,7 +180,62 @@ class AdapterEncoder(HFEncoder):
         return {"class_path": "mtlkit.model.task_encoders.MergedWeightsEncoder", "init_args": {}}
 
 
-class LoRAEncoder(AdapterEncoder):
+class InjectedAdapterEncoder(AdapterEncoder):
+    """Base of the per-task peft methods whose layers peft injects into :attr:`model` in place
+    (AdaLoRA, IA3): the frozen weights keep their Hugging Face keys, as with
+    :class:`LoRAEncoder`, and ``task=None`` runs the frozen model with every adapter disabled.
+
+    Args:
+        make_config: Builds the peft config of one new adapter.
+        adapters_from: See :class:`AdapterEncoder`.
+        **kwargs: The arguments of :class:`HFEncoder`; not ``gradient_checkpointing``: a block
+            recomputed in the backward pass would run the adapter of the last task encoded.
+    """
+
+    #: The method's name in messages (default: the class name).
+    method: ClassVar[str | None] = None
+    #: Whether ``gradient_checkpointing`` is accepted (a block recomputed in the backward pass
+    #: runs the adapter of the last task encoded: right with one task per step only).
+    allows_checkpointing: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        make_config: Callable[[], PeftConfig],
+        adapters_from: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("gradient_checkpointing") and not self.allows_checkpointing:
+            raise ConfigError(f"{type(self).__name__} does not support gradient_checkpointing")
+        super().__init__(make_config, adapters_from, **kwargs)
+
+    def add_adapters(self, task_names: list[str]) -> list[str]:
+        """Adds an adapter for each new task; its frozen weights keep their HF keys."""
+        try:
+            new = super().add_adapters(task_names)
+        except ValueError as err:  # peft: unknown model type or target module
+            method, name = self.method or type(self).__name__, type(self.model).__name__
+            raise ConfigError(f"cannot add {method} adapters to {name}: {err}") from err
+        keep_hf_keys(self.model)
+        return new
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+        task: str | None = None,
+    ) -> Tensor:
+        """Token states of a sub-batch through ``task``'s adapter (none: the frozen model)."""
+        if task is None:
+            if self.adapters.peft_model is None:
+                return super().forward(input_ids, attention_mask, token_type_ids)
+            with self.adapters.peft_model.disable_adapter():
+                return super().forward(input_ids, attention_mask, token_type_ids)
+        self.adapters.activate(task)
+        return super().forward(input_ids, attention_mask, token_type_ids)
+
+
+class LoRAEncoder(InjectedAdapterEncoder):
     """Frozen pretrained encoder plus one LoRA adapter per task (Hu et al. 2021, "LoRA:
     Low-Rank Adaptation of Large Language Models"), built by peft.
 
@@ -201,6 +256,11 @@ class LoRAEncoder(AdapterEncoder):
             from it when created.
         **kwargs: The other arguments of :class:`HFEncoder` (``config``, ``keep_layers``, ...).
     """
+
+    method = "LoRA"
+    # Accepted as before; with several tasks in one step (mixed batches) the recomputed blocks
+    # run the last task's adapter.
+    allows_checkpointing = True
 
     def __init__(
         self,
@@ -231,32 +291,6 @@ class LoRAEncoder(AdapterEncoder):
         if self.model.is_gradient_checkpointing:
             # Frozen embeddings: checkpointed blocks need inputs that require grad.
             self.model.enable_input_require_grads()
-
-    def add_adapters(self, task_names: list[str]) -> list[str]:
-        """Adds a LoRA adapter for each new task; its frozen weights keep their HF keys."""
-        try:
-            new = super().add_adapters(task_names)
-        except ValueError as err:  # peft: unknown model type or target module
-            name = type(self.model).__name__
-            raise ConfigError(f"cannot add LoRA adapters to {name}: {err}") from err
-        keep_hf_keys(self.model)
-        return new
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        token_type_ids: Tensor | None = None,
-        task: str | None = None,
-    ) -> Tensor:
-        """Token states of a sub-batch through ``task``'s adapter (none: the frozen model)."""
-        if task is None:
-            if self.adapters.peft_model is None:
-                return super().forward(input_ids, attention_mask, token_type_ids)
-            with self.adapters.peft_model.disable_adapter():
-                return super().forward(input_ids, attention_mask, token_type_ids)
-        self.adapters.activate(task)
-        return super().forward(input_ids, attention_mask, token_type_ids)
 
 
 def keep_hf_keys(model: nn.Module) -> None:

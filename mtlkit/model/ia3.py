@@ -6,7 +6,7 @@ from typing import Any
 
 from peft import IA3Config
 
-from mtlkit.model.injected import InjectedAdapterEncoder
+from mtlkit.model.adapters import InjectedAdapterEncoder
 
 #: The paper's placement on BERT-like models: the attention keys and values, and the
 #: feed-forward's inner activations (the input of its output projection ``output.dense``; peft's
