@@ -244,14 +244,23 @@ class MultiTaskModel(nn.Module):
         self, name: str, features: Tensor, batch: dict[str, Tensor]
     ) -> Callable[..., Tensor]:
         """``generate(**settings)`` of task ``name``'s head on one sub-batch's token states
-        (``features`` of :meth:`forward`), for heads that generate."""
+        (``features`` of :meth:`forward`), for heads that generate; a decoder-only LM head
+        (``generates_from_prompts``) continues the sub-batch's ``prompt_ids`` / ``prompt_mask``
+        (or, in inference, its ``input_ids``) instead."""
         head = self.heads[name]
         if not hasattr(head, "generate"):
             return _cannot_generate(name)
+        if getattr(head, "generates_from_prompts", False):  # a decoder-only LM continues them
+            prompts = batch.get("prompt_ids", batch["input_ids"])
+            return partial(
+                head.generate, prompts, batch.get("prompt_mask", batch["attention_mask"])
+            )
         return partial(head.generate, features, batch["attention_mask"])
 
     def generate(self, name: str, batch: dict[str, Tensor], **settings: Any) -> Tensor:
         """Generated token ids of task ``name`` for one (source) sub-batch."""
+        if getattr(self.heads[name], "generates_from_prompts", False):
+            return self.generator(name, batch["input_ids"], batch)(**settings)
         hidden = self.encode({name: batch})[name]
         return self.generator(name, hidden, batch)(**settings)
 
