@@ -5,6 +5,7 @@ causal LM's ``generate`` (greedy and beam, checked against transformers on each 
 prompt), and a tiny fit next to a classification task in both batch modes."""
 
 import math
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -12,6 +13,7 @@ import torch
 from decoder_helpers import BPE_TOKENIZER, FAMILIES, decoder
 from helpers import quiet_trainer, toy_texts
 
+from mtlkit.cli import cli_main
 from mtlkit.data import InMemory, MultiTaskDataModule
 from mtlkit.data.datamodule import with_pad_token
 from mtlkit.errors import ConfigError
@@ -21,6 +23,7 @@ from mtlkit.tasks import Seq2SeqGeneration, SequenceClassification
 from mtlkit.testing import build_tiny_bpe_tokenizer
 from mtlkit.training import MultiTaskModule
 
+ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = with_pad_token(build_tiny_bpe_tokenizer(), "tiny")
 EOS = TOKENIZER.eos_token_id
 PROMPTS = ["good movie", "what is the city of paris", "bad"]
@@ -227,3 +230,15 @@ def test_fit_learns_the_reply(tmp_path):
     metrics = trainer.callback_metrics
     assert metrics["val/reply/exact_match"] > 0.9, metrics["val/reply/exact_match"]
     assert metrics["val/topic/accuracy"] > 0.9
+
+
+def test_shipped_config_trains_the_decoder_only_generation_task(tmp_path, monkeypatch):
+    """configs/tiny/decoder_generation.yaml (also fitted by tests/test_configs.py) puts the
+    generation task on the CausalLMEncoder's own LM head and logs its generation metrics."""
+    monkeypatch.chdir(tmp_path)
+    config = str(ROOT / "configs/tiny/decoder_generation.yaml")
+    cli = cli_main(["fit", "--config", config, "--trainer.max_steps=3"])
+    assert isinstance(cli.model.encoder, CausalLMEncoder)
+    assert isinstance(cli.model.heads["reverse"], PromptLMHead)
+    metrics = cli.trainer.callback_metrics
+    assert {"val/reverse/rougeL", "val/reverse/bleu", "val/trec/accuracy"} <= set(metrics)
