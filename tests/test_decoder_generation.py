@@ -4,6 +4,7 @@ against a hand-computed cross-entropy and transformers' own ``labels=`` loss), d
 causal LM's ``generate`` (greedy and beam, checked against transformers on each unpadded
 prompt), and a tiny fit next to a classification task in both batch modes."""
 
+import json
 import math
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from mtlkit.cli import cli_main
 from mtlkit.data import InMemory, MultiTaskDataModule
 from mtlkit.data.datamodule import with_pad_token
 from mtlkit.errors import ConfigError
+from mtlkit.export import export_model
+from mtlkit.inference import ExportedModel
 from mtlkit.model import CausalLMEncoder, HFEncoder, MultiTaskModel
 from mtlkit.model.prompt_lm import PromptLMHead, left_align
 from mtlkit.tasks import Seq2SeqGeneration, SequenceClassification
@@ -242,3 +245,41 @@ def test_shipped_config_trains_the_decoder_only_generation_task(tmp_path, monkey
     assert isinstance(cli.model.heads["reverse"], PromptLMHead)
     metrics = cli.trainer.callback_metrics
     assert {"val/reverse/rougeL", "val/reverse/bleu", "val/trec/accuracy"} <= set(metrics)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])  # tied and untied LM head
+def test_export_round_trip_generates_the_same_text(family, tmp_path):
+    """The export holds the whole causal LM (LM head included): ExportedModel generates what the
+    trained module does, next to the classification task's logits, and init_from reads it."""
+    L.seed_everything(0)
+    args = dict(tokenizer=BPE_TOKENIZER, batch_size=6, cache_dir=None, steps_per_epoch=3)
+    dm = MultiTaskDataModule(_fit_tasks(), batch_mode="mixed", **args)
+    encoder = decoder(family, cls=CausalLMEncoder)
+    model = MultiTaskModule(encoder, dm.tasks, pooling="last", lr_scheduler=None)
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=0)
+    trainer.fit(model, dm)
+    model.eval()
+    folder = export_model(model, dm.tokenizer, tmp_path / "exported")
+    meta = json.loads((folder / "mtlkit.json").read_text())
+    assert meta["encoder_type"] == "causal_lm"
+    exported = ExportedModel.from_folder(folder)
+    assert isinstance(exported.model.heads["reply"], PromptLMHead)
+    task = model.tasks["reply"]
+    rows = task.tokenize({"text": PROMPTS, "target": TARGETS}, dm.tokenizer)
+    batch = task.collate(rows, dm.tokenizer.pad_token_id)
+    with torch.no_grad():
+        out = model.model({"reply": batch})["reply"]
+        generate = model.model.generator("reply", out["features"], batch)
+        expected = task.eval_metric_inputs(out["logits"], batch, generate)[0]
+    got = exported.predict(PROMPTS, tasks=["reply"], batch_size=2)["reply"]
+    assert [p["text"] for p in got] == expected
+    assert any(expected)  # not all empty
+    lm_head = exported.model.encoder.lm_head.weight
+    assert torch.equal(lm_head, model.encoder.lm_head.weight)
+    # The classification head reads the same (exported) transformer.
+    topic = model.tasks["topic"]
+    sub = topic.collate(topic.tokenize({"text": PROMPTS, "label": [0] * 3}, dm.tokenizer), 0)
+    with torch.no_grad():
+        logits = model.model({"topic": sub})["topic"]["logits"]
+    got_logits = torch.stack(exported.logits(PROMPTS, tasks=["topic"])["topic"])
+    torch.testing.assert_close(got_logits, logits, atol=1e-5, rtol=1e-4)

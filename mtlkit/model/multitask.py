@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
+from mtlkit.model.causal_encoder import CausalLMEncoder
 from mtlkit.model.decoders import CausalLMDecoder
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.outputs import OutputDecoder, output_decoder
@@ -98,6 +99,9 @@ class MultiTaskModel(nn.Module):
         if source.seq2seq:  # the whole encoder-decoder model of a Seq2SeqBackbone
             encoder: HFEncoder = Seq2SeqBackbone(config=dict(source.encoder_config))
             state = encoder.seq2seq.load_state_dict(source.encoder_state, strict=False)
+        elif source.causal_lm:  # the whole causal LM of a CausalLMEncoder, its LM head included
+            encoder = CausalLMEncoder(config=dict(source.encoder_config))
+            state = encoder.causal_lm.load_state_dict(source.encoder_state, strict=False)
         else:
             encoder = _encoder(source)
             state = encoder.model.load_state_dict(source.encoder_state, strict=False)
@@ -119,7 +123,7 @@ class MultiTaskModel(nn.Module):
                     if name in source.decoders:
                         decoder = CausalLMDecoder(encoder, tokens, source.decoders[name])
                         decoder.load_state_dict(source.heads[name])  # with any projection
-                    else:  # the seq2seq backbone's own decoder
+                    else:  # the seq2seq backbone's own decoder, or the causal LM's head
                         decoder = encoder.decoder_head(tokens)
                     model.add_task(name, spec["level"], decoder)
                     model.decoders[name] = output_decoder(spec, 1)

@@ -43,6 +43,10 @@ DECODERS_DIR = "decoders"
 #: ``mtlkit.json``'s ``encoder_type`` of a seq2seq backbone (``encoder/`` holds the whole
 #: encoder-decoder model; generation heads name ``encoder`` as their decoder's folder).
 SEQ2SEQ = "seq2seq"
+#: ``mtlkit.json``'s ``encoder_type`` of a decoder-only backbone with a generation task
+#: (``encoder/`` holds the whole causal LM, its LM head included; its generation heads name
+#: ``encoder`` as their decoder's folder).
+CAUSAL_LM = "causal_lm"
 TOKENIZER_DIR = "tokenizer"
 #: Version 2: each task's own encoder part (adapters, merged weights, prefixes), described by
 #: ``mtlkit.json``'s ``task_encoder`` (``class_path``, ``init_args``, ``paths``).
@@ -71,6 +75,8 @@ class ModelSource:
         decoders: Exported folders: each generation task's decoder model.
         seq2seq: The encoder is a seq2seq model's (``Seq2SeqBackbone``): config and weights
             are the whole encoder-decoder model's.
+        causal_lm: The encoder is a decoder-only causal LM's (``CausalLMEncoder``): config and
+            weights are the whole causal LM's (its LM head included).
     """
 
     path: str
@@ -83,6 +89,7 @@ class ModelSource:
     task_encoder: dict[str, Any] | None = None
     decoders: dict[str, PreTrainedModel] = field(default_factory=dict)
     seq2seq: bool = False
+    causal_lm: bool = False
 
 
 # ------------------------------------------------------------------------ exported folders
@@ -128,14 +135,17 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_encoder(folder: str | Path, seq2seq: bool = False) -> PreTrainedModel:
+def load_encoder(
+    folder: str | Path, seq2seq: bool = False, causal_lm: bool = False
+) -> PreTrainedModel:
     """The exported encoder, without the pooler it was trained without (``seq2seq``: the whole
-    encoder-decoder model of a ``Seq2SeqBackbone``).
+    encoder-decoder model of a ``Seq2SeqBackbone``; ``causal_lm``: the whole causal LM of a
+    ``CausalLMEncoder``).
 
     Raises:
         ValueError: Weights other than the pooler's are missing from the folder.
     """
-    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModel
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM if causal_lm else AutoModel
     with quiet_transformers():
         model, info = auto.from_pretrained(str(folder), output_loading_info=True)
     missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
@@ -202,6 +212,7 @@ def source_from_parts(
         task_encoder=_task_encoder(meta, path),
         decoders=dict(decoders or {}),
         seq2seq=meta.get("encoder_type") == SEQ2SEQ,
+        causal_lm=meta.get("encoder_type") == CAUSAL_LM,
     )
 
 
@@ -232,7 +243,8 @@ def read_exported(folder: str | Path) -> ModelSource:
     folder = Path(folder)
     try:
         meta = read_meta(folder, need_tokenizer=False)
-        encoder = load_encoder(folder / ENCODER_DIR, meta.get("encoder_type") == SEQ2SEQ)
+        kind = meta.get("encoder_type")
+        encoder = load_encoder(folder / ENCODER_DIR, kind == SEQ2SEQ, kind == CAUSAL_LM)
         flat = load_file(str(folder / HEADS_FILE))
         return source_from_parts(str(folder), encoder, meta, flat, load_decoders(folder, meta))
     except (FileNotFoundError, ValueError) as err:
