@@ -93,6 +93,12 @@ def export_model(
     # A decoder-only generation task continues prompts with the LM head: the whole causal LM.
     prompted = any(getattr(h, "generates_from_prompts", False) for h in model.heads.values())
     causal_lm = model.encoder.causal_lm if prompted else None
+    if causal_lm is not None and per_task:
+        raise ConfigError(
+            f"cannot export {type(model.encoder).__name__} with a decoder-only generation task: "
+            "its export would need each task's own causal LM; merge the adapters into a "
+            "CausalLMEncoder first"
+        )
     for name, task in module.tasks.items():
         if task.level == "dialogue":
             raise ConfigError(

@@ -21,6 +21,7 @@ from mtlkit.errors import ConfigError
 from mtlkit.export import export_model
 from mtlkit.inference import ExportedModel
 from mtlkit.model import CausalLMEncoder, HFEncoder, MultiTaskModel
+from mtlkit.model.adapters import CausalLMLoRAEncoder
 from mtlkit.model.prompt_lm import PromptLMHead, left_align
 from mtlkit.tasks import Seq2SeqGeneration, SequenceClassification
 from mtlkit.testing import build_tiny_bpe_tokenizer
@@ -283,3 +284,49 @@ def test_export_round_trip_generates_the_same_text(family, tmp_path):
         logits = model.model({"topic": sub})["topic"]["logits"]
     got_logits = torch.stack(exported.logits(PROMPTS, tasks=["topic"])["topic"])
     torch.testing.assert_close(got_logits, logits, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_per_task_lora_trains_and_generates_with_the_tasks_adapter(family, tmp_path):
+    """CausalLMLoRAEncoder: both tasks train their own adapter only (pretrained weights and the
+    LM head bit-identical), and generation runs the generation task's adapter even when
+    another task's ran last."""
+    L.seed_everything(0)
+    args = dict(tokenizer=BPE_TOKENIZER, batch_size=6, cache_dir=None, steps_per_epoch=3)
+    dm = MultiTaskDataModule(_fit_tasks(), batch_mode="mixed", **args)
+    encoder = decoder(family, cls=CausalLMLoRAEncoder, r=4, alpha=8.0, dropout=0.0)
+    adamw = lambda p: torch.optim.AdamW(p, lr=1e-2)  # noqa: E731
+    model = MultiTaskModule(encoder, dm.tasks, pooling="last", optimizer=adamw)
+    dm.setup("fit")  # the generation task's token ids, then its head and the adapters
+    model.configure_model()
+    base = {k: v.clone() for k, v in encoder.state_dict().items() if "lora_" not in k}
+    lora = {k: v.clone() for k, v in encoder.state_dict().items() if "lora_" in k}
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(model, dm)
+    assert math.isfinite(float(trainer.callback_metrics["val/reply/rougeL"]))
+    after = encoder.state_dict()
+    assert "lm_head.weight" in base or encoder.lm_head_tied
+    assert all(torch.equal(after[k], v) for k, v in base.items())
+    for task in ("reply", "topic"):
+        assert any(not torch.equal(after[k], v) for k, v in lora.items() if f".{task}." in k)
+    model.eval()
+    batch = _batch(_task())
+    with torch.no_grad():
+        generated = model.model.generate("reply", batch, num_beams=1, max_new_tokens=5)
+        encoder.adapters.activate("reply")
+        prompts, mask = left_align(batch["prompt_ids"], batch["prompt_mask"], EOS)
+        reply = encoder.causal_lm.generate(
+            input_ids=prompts,
+            attention_mask=mask,
+            max_new_tokens=5,
+            pad_token_id=EOS,
+            eos_token_id=EOS,
+        )[:, prompts.shape[1] :]
+        reply_logits = encoder.causal_lm(input_ids=prompts, attention_mask=mask).logits
+        encoder.adapters.activate("topic")  # another task's adapter last
+        topic_logits = encoder.causal_lm(input_ids=prompts, attention_mask=mask).logits
+        again = model.model.generate("reply", batch, num_beams=1, max_new_tokens=5)
+    assert not torch.allclose(reply_logits, topic_logits)  # the adapters differ
+    assert torch.equal(generated, reply) and torch.equal(again, reply)
+    with pytest.raises(ConfigError, match="cannot export CausalLMLoRAEncoder with a decoder-only"):
+        export_model(model, dm.tokenizer, tmp_path / "exported")

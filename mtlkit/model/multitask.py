@@ -256,9 +256,8 @@ class MultiTaskModel(nn.Module):
             return _cannot_generate(name)
         if getattr(head, "generates_from_prompts", False):  # a decoder-only LM continues them
             prompts = batch.get("prompt_ids", batch["input_ids"])
-            return partial(
-                head.generate, prompts, batch.get("prompt_mask", batch["attention_mask"])
-            )
+            mask = batch.get("prompt_mask", batch["attention_mask"])
+            return partial(head.generate, prompts, mask, task=name)
         return partial(head.generate, features, batch["attention_mask"])
 
     def generate(self, name: str, batch: dict[str, Tensor], **settings: Any) -> Tensor:

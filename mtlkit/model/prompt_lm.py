@@ -57,7 +57,8 @@ class PromptLMHead(nn.Module):
             the prompt comes first).
 
     Raises:
-        ConfigError: The encoder has no LM head or runs per task (per-task adapters).
+        ConfigError: The encoder has no LM head, or runs per task without a way to switch the
+            causal LM to a task's parameters (``activate_task``, per-task LoRA has it).
     """
 
     #: The model calls ``head(token_states, sub_batch)``.
@@ -72,10 +73,10 @@ class PromptLMHead(nn.Module):
                 f"{type(encoder).__name__} has no language-model head: a decoder-only generation "
                 "task needs mtlkit.model.CausalLMEncoder"
             )
-        if getattr(encoder, "per_task", False):
+        if getattr(encoder, "per_task", False) and not hasattr(encoder, "activate_task"):
             raise ConfigError(
-                f"{type(encoder).__name__} runs per task; decoder-only generation needs the "
-                "shared CausalLMEncoder"
+                f"{type(encoder).__name__} runs per task but cannot switch the causal LM to a "
+                "task's parameters; use CausalLMEncoder or CausalLMLoRAEncoder"
             )
         # Not a submodule: the encoder is saved once, under ``encoder.``.
         object.__setattr__(self, "encoder", encoder)
@@ -97,15 +98,23 @@ class PromptLMHead(nn.Module):
         return self.encoder.lm_logits(hidden)
 
     @torch.no_grad()
-    def generate(self, prompt_ids: Tensor, prompt_mask: Tensor, **settings: Any) -> Tensor:
+    def generate(
+        self, prompt_ids: Tensor, prompt_mask: Tensor, task: str | None = None, **settings: Any
+    ) -> Tensor:
         """Generated ids ``[batch, length]`` after each prompt (padded with the pad id after the
         end token), by the causal LM's ``generate``.
 
         Args:
             prompt_ids: The prompts, padded on either side.
             prompt_mask: Their attention mask.
+            task: The task generating: a per-task encoder (per-task LoRA) switches the causal
+                LM to its parameters first.
             settings: ``generate`` arguments (``num_beams``, ``max_new_tokens``, ...).
         """
+        if getattr(self.encoder, "per_task", False):
+            if task is None:
+                raise ConfigError("a per-task encoder generates for a named task; pass task=")
+            self.encoder.activate_task(task)
         ids, mask = left_align(prompt_ids, prompt_mask, self.tokens["pad_token_id"])
         out = self.encoder.causal_lm.generate(
             input_ids=ids, attention_mask=mask, **self.tokens, **settings
