@@ -284,6 +284,17 @@ def test_export_round_trip_generates_the_same_text(family, tmp_path):
         logits = model.model({"topic": sub})["topic"]["logits"]
     got_logits = torch.stack(exported.logits(PROMPTS, tasks=["topic"])["topic"])
     torch.testing.assert_close(got_logits, logits, atol=1e-5, rtol=1e-4)
+    # init_from reads the export's transformer (base-model keys, as from any export).
+    other = MultiTaskModule(
+        decoder(family, seed=5, cls=CausalLMEncoder),
+        dm.tasks,
+        pooling="last",
+        init_from=str(folder),
+    )
+    other.configure_model()
+    assert other.init_report.encoder_tensors == len(model.encoder.model.state_dict())
+    for key, value in model.encoder.model.state_dict().items():
+        assert torch.equal(other.encoder.model.state_dict()[key], value), key
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

@@ -99,12 +99,14 @@ class MultiTaskModel(nn.Module):
         if source.seq2seq:  # the whole encoder-decoder model of a Seq2SeqBackbone
             encoder: HFEncoder = Seq2SeqBackbone(config=dict(source.encoder_config))
             state = encoder.seq2seq.load_state_dict(source.encoder_state, strict=False)
-        elif source.causal_lm:  # the whole causal LM of a CausalLMEncoder, its LM head included
-            encoder = CausalLMEncoder(config=dict(source.encoder_config))
-            state = encoder.causal_lm.load_state_dict(source.encoder_state, strict=False)
-        else:
-            encoder = _encoder(source)
+        else:  # a causal LM's base model here, its LM head below
+            causal = source.causal_lm
+            encoder = (
+                CausalLMEncoder(config=dict(source.encoder_config)) if causal else _encoder(source)
+            )
             state = encoder.model.load_state_dict(source.encoder_state, strict=False)
+            if causal:
+                encoder.lm_head.load_state_dict(source.lm_head)
         unexpected = [k for k in state.unexpected_keys if not k.startswith("pooler.")]
         if state.missing_keys or unexpected:
             what = "teacher " if tasks is not None else ""

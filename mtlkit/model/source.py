@@ -75,8 +75,10 @@ class ModelSource:
         decoders: Exported folders: each generation task's decoder model.
         seq2seq: The encoder is a seq2seq model's (``Seq2SeqBackbone``): config and weights
             are the whole encoder-decoder model's.
-        causal_lm: The encoder is a decoder-only causal LM's (``CausalLMEncoder``): config and
-            weights are the whole causal LM's (its LM head included).
+        causal_lm: The encoder is a decoder-only causal LM's (``CausalLMEncoder``): the config
+            is the whole causal LM's, ``encoder_state`` its base model's (as for an
+            ``HFEncoder``) and ``lm_head`` its LM head's.
+        lm_head: With ``causal_lm``: the LM head's weights.
     """
 
     path: str
@@ -90,6 +92,7 @@ class ModelSource:
     decoders: dict[str, PreTrainedModel] = field(default_factory=dict)
     seq2seq: bool = False
     causal_lm: bool = False
+    lm_head: dict[str, Tensor] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------ exported folders
@@ -201,10 +204,12 @@ def source_from_parts(
 ) -> ModelSource:
     """An export's parts (encoder, ``mtlkit.json``, head tensors, decoders) as a
     :class:`ModelSource`."""
+    causal_lm = meta.get("encoder_type") == CAUSAL_LM
+    lm_head = encoder.get_output_embeddings() if causal_lm else None
     return ModelSource(
         path=path,
         encoder_config=encoder.config.to_dict(),
-        encoder_state=dict(encoder.state_dict()),
+        encoder_state=dict((encoder.base_model if causal_lm else encoder).state_dict()),
         heads=_with_decoders(_export_heads(flat, meta["tasks"], f"{path}/{HEADS_FILE}"), decoders),
         tasks={n: dict(s.get("head_state", {})) for n, s in meta["tasks"].items()},
         pooling=meta.get("pooling", "mean"),
@@ -212,7 +217,8 @@ def source_from_parts(
         task_encoder=_task_encoder(meta, path),
         decoders=dict(decoders or {}),
         seq2seq=meta.get("encoder_type") == SEQ2SEQ,
-        causal_lm=meta.get("encoder_type") == CAUSAL_LM,
+        causal_lm=causal_lm,
+        lm_head=dict(lm_head.state_dict()) if lm_head is not None else {},
     )
 
 
