@@ -341,3 +341,19 @@ def test_per_task_lora_trains_and_generates_with_the_tasks_adapter(family, tmp_p
     assert torch.equal(generated, reply) and torch.equal(again, reply)
     with pytest.raises(ConfigError, match="cannot export CausalLMLoRAEncoder with a decoder-only"):
         export_model(model, dm.tokenizer, tmp_path / "exported")
+
+
+def test_one_encoder_pass_serves_both_tasks_of_a_mixed_batch():
+    """Training a mixed batch runs the shared transformer once over the generation task's
+    prompt + target rows and the classification rows together."""
+    args = dict(tokenizer=BPE_TOKENIZER, batch_size=6, cache_dir=None, steps_per_epoch=3)
+    dm = MultiTaskDataModule(_fit_tasks(), batch_mode="mixed", **args)
+    dm.setup("fit")
+    model = MultiTaskModule(decoder("qwen2", cls=CausalLMEncoder), dm.tasks, pooling="last")
+    model.configure_model()
+    subs = next(b["tasks"] for b in dm.train_dataloader() if len(b["tasks"]) == 2)
+    calls = []
+    model.encoder.model.register_forward_hook(lambda m, i, o: calls.append(1))
+    losses = model.task_losses(model(subs), subs)
+    assert len(calls) == 1 and set(losses) == {"reply", "topic"}
+    assert all(torch.isfinite(v) for v in losses.values())
