@@ -357,3 +357,29 @@ def test_one_encoder_pass_serves_both_tasks_of_a_mixed_batch():
     losses = model.task_losses(model(subs), subs)
     assert len(calls) == 1 and set(losses) == {"reply", "topic"}
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_checkpoint_resumes_the_decoder_only_generation_task(tmp_path):
+    args = dict(tokenizer=BPE_TOKENIZER, batch_size=6, cache_dir=None, steps_per_epoch=3)
+
+    def fit(max_steps, **kw):
+        dm = MultiTaskDataModule(_fit_tasks(), batch_mode="mixed", **args)
+        model = MultiTaskModule(
+            decoder("llama", cls=CausalLMEncoder), dm.tasks, pooling="last", lr_scheduler=None
+        )
+        trainer = quiet_trainer(tmp_path, max_steps=max_steps, num_sanity_val_steps=0)
+        trainer.fit(model, dm, **kw)
+        return trainer, model
+
+    L.seed_everything(0)
+    trainer, first = fit(2)
+    trainer.save_checkpoint(tmp_path / "step2.ckpt")
+    trainer, resumed = fit(3, ckpt_path=str(tmp_path / "step2.ckpt"))
+    assert trainer.global_step == 3
+    assert math.isfinite(float(trainer.callback_metrics["val/reply/rougeL"]))
+    assert resumed.model.heads["reply"].encoder is resumed.encoder
+    assert resumed.tasks["reply"].tokens == first.tasks["reply"].tokens
+    # Strict load of the whole state: the transformer, the LM head, the classification head.
+    ckpt = torch.load(tmp_path / "step2.ckpt", weights_only=True)
+    assert "encoder.lm_head.weight" in ckpt["state_dict"]
+    assert not [k for k in ckpt["state_dict"] if k.startswith("heads.reply")]
