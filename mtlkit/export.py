@@ -4,6 +4,8 @@ The folder (read by :class:`mtlkit.inference.ExportedModel`, and by ``init_from`
 distillation teachers through :func:`read_exported`)::
 
     encoder/            Hugging Face ``save_pretrained`` (config.json, model.safetensors)
+                        (a decoder-only backbone with a generation task: the whole causal
+                        LM, its LM head included; ``encoder_type: causal_lm``)
     tokenizer/          Hugging Face ``save_pretrained``
     heads.safetensors   every linear head's tensors, keys ``<task>.<param>``
     decoders/<task>/    generation tasks: the decoder, Hugging Face ``save_pretrained``
@@ -26,6 +28,7 @@ from torch import nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.model.source import (
+    CAUSAL_LM,
     DECODERS_DIR,
     ENCODER_DIR,
     FORMAT,
@@ -87,6 +90,15 @@ def export_model(
     tensors, specs = {}, {}
     # A seq2seq backbone exports its whole encoder-decoder model as the encoder.
     seq2seq = getattr(model.encoder, "seq2seq", None)
+    # A decoder-only generation task continues prompts with the LM head: the whole causal LM.
+    prompted = any(getattr(h, "generates_from_prompts", False) for h in model.heads.values())
+    causal_lm = model.encoder.causal_lm if prompted else None
+    if causal_lm is not None and per_task:
+        raise ConfigError(
+            f"cannot export {type(model.encoder).__name__} with a decoder-only generation task: "
+            "its export would need each task's own causal LM; merge the adapters into a "
+            "CausalLMEncoder first"
+        )
     for name, task in module.tasks.items():
         if task.level == "dialogue":
             raise ConfigError(
@@ -94,7 +106,8 @@ def export_model(
                 "turn vectors) is not an exportable linear head; train it with encoding: flat"
             )
         head = model.heads[name]
-        if getattr(head, "reads_batch", False) and seq2seq is not None:  # the backbone's decoder
+        backbone = seq2seq is not None or getattr(head, "generates_from_prompts", False)
+        if getattr(head, "reads_batch", False) and backbone:  # the backbone's decoder / LM head
             specs[name] = _task_spec(task, {"decoder": ENCODER_DIR, "params": {}})
             continue
         if hasattr(head, "save_decoder"):  # a generation head: a Hugging Face decoder folder
@@ -115,12 +128,19 @@ def export_model(
         base = _base_state(model.encoder.model, set(module.tasks)) if per_task else None
         if seq2seq is not None:
             seq2seq.save_pretrained(folder / ENCODER_DIR)
+        elif causal_lm is not None:
+            causal_lm.save_pretrained(folder / ENCODER_DIR)
         else:
             model.encoder.model.save_pretrained(folder / ENCODER_DIR, state_dict=base)
     tokenizer.save_pretrained(folder / TOKENIZER_DIR)
     save_file(tensors, str(folder / HEADS_FILE))
     # Version 1 readers know plain encoders and linear heads only.
-    plain = not per_task and seq2seq is None and not (folder / DECODERS_DIR).exists()
+    plain = (
+        not per_task
+        and seq2seq is None
+        and causal_lm is None
+        and not (folder / DECODERS_DIR).exists()
+    )
     meta: dict[str, Any] = {
         "format": FORMAT,
         "version": PLAIN_FORMAT_VERSION if plain else FORMAT_VERSION,
@@ -131,6 +151,8 @@ def export_model(
         meta["task_encoder"] = model.encoder.export_task_encoder(folder / TASK_ENCODER_DIR)
     if seq2seq is not None:
         meta["encoder_type"] = SEQ2SEQ
+    if causal_lm is not None:
+        meta["encoder_type"] = CAUSAL_LM
     # Written last: a folder whose export was interrupted is not mistaken for a complete one.
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return folder

@@ -30,6 +30,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 from mtlkit.dialogue import encode_dialogues
 from mtlkit.model.multitask import MultiTaskModel
 from mtlkit.model.source import (
+    CAUSAL_LM,
     ENCODER_DIR,
     FORMAT,
     FORMAT_VERSION,
@@ -158,7 +159,8 @@ class ExportedModel:
             meta["task_encoder"]["folder"] = str(folder / TASK_ENCODER_DIR)
         tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
         heads = load_file(str(folder / HEADS_FILE))
-        encoder = load_encoder(folder / ENCODER_DIR, meta.get("encoder_type") == SEQ2SEQ)
+        kind = meta.get("encoder_type")
+        encoder = load_encoder(folder / ENCODER_DIR, kind == SEQ2SEQ, kind == CAUSAL_LM)
         decoders = load_decoders(folder, meta)
         return cls(encoder, tokenizer, meta, heads, device, decoders)
 

@@ -27,8 +27,17 @@ from mtlkit.errors import ConfigError, DataError
 from mtlkit.paths import resolve_path
 from mtlkit.tasks.base import Task
 
-# target_text: generation tasks score generated text against the raw target text.
-_KEEP = ("input_ids", "attention_mask", "token_type_ids", "labels", "length", "target_text")
+# target_text: generation tasks score generated text against the raw target text; prompt_ids:
+# decoder-only generation continues the prompt.
+_KEEP = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "labels",
+    "length",
+    "target_text",
+    "prompt_ids",
+)
 
 
 class MultiTaskDataModule(L.LightningDataModule):

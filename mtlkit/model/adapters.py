@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from mtlkit.errors import ConfigError
+from mtlkit.model.causal_encoder import CausalLMEncoder
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.task_encoders import MERGED_FILE
 from mtlkit.paths import resolve_path
@@ -291,6 +292,31 @@ class LoRAEncoder(InjectedAdapterEncoder):
         if self.model.is_gradient_checkpointing:
             # Frozen embeddings: checkpointed blocks need inputs that require grad.
             self.model.enable_input_require_grads()
+
+
+class CausalLMLoRAEncoder(LoRAEncoder, CausalLMEncoder):
+    """A frozen decoder-only causal LM with one LoRA adapter per task (Hu et al. 2021, "LoRA:
+    Low-Rank Adaptation of Large Language Models"): :class:`LoRAEncoder` on a
+    :class:`~mtlkit.model.causal_encoder.CausalLMEncoder`, so that per-task LoRA also serves
+    generation tasks (``decoder_only: true``): a task's sub-batch runs through its own adapter,
+    and its generation continues the prompts with :attr:`causal_lm` while that adapter is
+    active (the LoRA layers are injected into the causal LM's own modules). The LM head is
+    frozen with the rest of the pretrained weights: each task trains its adapter only.
+
+    Args:
+        name_or_path: Local folder, ``pkg:<package>/<folder>`` or hub name of a causal LM.
+        **kwargs: The arguments of :class:`LoRAEncoder` (``r``, ``alpha``, ``dropout``,
+            ``target_modules``, ``adapters_from``) and of :class:`~mtlkit.model.HFEncoder`
+            (``config``, ...).
+    """
+
+    def __init__(self, name_or_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(name_or_path, **kwargs)
+        self.lm_head.requires_grad_(False)
+
+    def activate_task(self, task: str) -> None:
+        """Makes ``task``'s adapter the one :attr:`causal_lm` runs (generation)."""
+        self.adapters.activate(task)
 
 
 def keep_hf_keys(model: nn.Module) -> None:

@@ -13,10 +13,11 @@ models) is not dropped, and exposes the whole causal LM for a generation head::
     text_ids = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=32)
     logits = encoder.lm_logits(encoder(ids, mask))                # from shared token states
 
-A generation task trains on prompt + target with the loss on target tokens only: its labels are
-the input ids with the prompt (and padding) positions set to ``-100``, which the causal LM
-shifts by one and averages over the target tokens. Its parameters are this encoder's own (the
-same tensors), so it trains, saves and moves between devices with the encoder.
+A generation task (``Seq2SeqGeneration(..., decoder_only=True)``) trains on prompt + target
+with the loss on target tokens only, through :meth:`CausalLMEncoder.decoder_head`
+(:class:`~mtlkit.model.prompt_lm.PromptLMHead`): the whole causal LM's parameters are this
+encoder's own (the same tensors), so it trains, saves and moves between devices with the
+encoder.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from mtlkit.errors import ConfigError
+from mtlkit.model.decoders import Tokens
 from mtlkit.model.encoder import HFEncoder
+from mtlkit.model.prompt_lm import PromptLMHead
 
 
 class CausalLMEncoder(HFEncoder):
@@ -85,6 +88,11 @@ class CausalLMEncoder(HFEncoder):
     def lm_head_tied(self) -> bool:
         """Whether the LM head is the input embedding matrix (GPT-2, tied Qwen models)."""
         return self.lm_head.weight is self.model.get_input_embeddings().weight
+
+    def decoder_head(self, tokens: Tokens) -> nn.Module:
+        """The default generation head: the causal LM continuing the prompt
+        (:class:`~mtlkit.model.prompt_lm.PromptLMHead`; the task needs ``decoder_only: true``)."""
+        return PromptLMHead(self, tokens)
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         """Next-token logits ``[batch, length, vocab]`` from token states of :meth:`forward`."""

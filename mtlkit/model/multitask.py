@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
+from mtlkit.model.causal_encoder import CausalLMEncoder
 from mtlkit.model.decoders import CausalLMDecoder
 from mtlkit.model.encoder import HFEncoder
 from mtlkit.model.outputs import OutputDecoder, output_decoder
@@ -98,9 +99,14 @@ class MultiTaskModel(nn.Module):
         if source.seq2seq:  # the whole encoder-decoder model of a Seq2SeqBackbone
             encoder: HFEncoder = Seq2SeqBackbone(config=dict(source.encoder_config))
             state = encoder.seq2seq.load_state_dict(source.encoder_state, strict=False)
-        else:
-            encoder = _encoder(source)
+        else:  # a causal LM's base model here, its LM head below
+            causal = source.causal_lm
+            encoder = (
+                CausalLMEncoder(config=dict(source.encoder_config)) if causal else _encoder(source)
+            )
             state = encoder.model.load_state_dict(source.encoder_state, strict=False)
+            if causal:
+                encoder.lm_head.load_state_dict(source.lm_head)
         unexpected = [k for k in state.unexpected_keys if not k.startswith("pooler.")]
         if state.missing_keys or unexpected:
             what = "teacher " if tasks is not None else ""
@@ -119,7 +125,7 @@ class MultiTaskModel(nn.Module):
                     if name in source.decoders:
                         decoder = CausalLMDecoder(encoder, tokens, source.decoders[name])
                         decoder.load_state_dict(source.heads[name])  # with any projection
-                    else:  # the seq2seq backbone's own decoder
+                    else:  # the seq2seq backbone's own decoder, or the causal LM's head
                         decoder = encoder.decoder_head(tokens)
                     model.add_task(name, spec["level"], decoder)
                     model.decoders[name] = output_decoder(spec, 1)
@@ -244,14 +250,22 @@ class MultiTaskModel(nn.Module):
         self, name: str, features: Tensor, batch: dict[str, Tensor]
     ) -> Callable[..., Tensor]:
         """``generate(**settings)`` of task ``name``'s head on one sub-batch's token states
-        (``features`` of :meth:`forward`), for heads that generate."""
+        (``features`` of :meth:`forward`), for heads that generate; a decoder-only LM head
+        (``generates_from_prompts``) continues the sub-batch's ``prompt_ids`` / ``prompt_mask``
+        (or, in inference, its ``input_ids``) instead."""
         head = self.heads[name]
         if not hasattr(head, "generate"):
             return _cannot_generate(name)
+        if getattr(head, "generates_from_prompts", False):  # a decoder-only LM continues them
+            prompts = batch.get("prompt_ids", batch["input_ids"])
+            mask = batch.get("prompt_mask", batch["attention_mask"])
+            return partial(head.generate, prompts, mask, task=name)
         return partial(head.generate, features, batch["attention_mask"])
 
     def generate(self, name: str, batch: dict[str, Tensor], **settings: Any) -> Tensor:
         """Generated token ids of task ``name`` for one (source) sub-batch."""
+        if getattr(self.heads[name], "generates_from_prompts", False):
+            return self.generator(name, batch["input_ids"], batch)(**settings)
         hidden = self.encode({name: batch})[name]
         return self.generator(name, hidden, batch)(**settings)
 

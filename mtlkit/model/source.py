@@ -43,6 +43,10 @@ DECODERS_DIR = "decoders"
 #: ``mtlkit.json``'s ``encoder_type`` of a seq2seq backbone (``encoder/`` holds the whole
 #: encoder-decoder model; generation heads name ``encoder`` as their decoder's folder).
 SEQ2SEQ = "seq2seq"
+#: ``mtlkit.json``'s ``encoder_type`` of a decoder-only backbone with a generation task
+#: (``encoder/`` holds the whole causal LM, its LM head included; its generation heads name
+#: ``encoder`` as their decoder's folder).
+CAUSAL_LM = "causal_lm"
 TOKENIZER_DIR = "tokenizer"
 #: Version 2: each task's own encoder part (adapters, merged weights, prefixes), described by
 #: ``mtlkit.json``'s ``task_encoder`` (``class_path``, ``init_args``, ``paths``).
@@ -71,6 +75,10 @@ class ModelSource:
         decoders: Exported folders: each generation task's decoder model.
         seq2seq: The encoder is a seq2seq model's (``Seq2SeqBackbone``): config and weights
             are the whole encoder-decoder model's.
+        causal_lm: The encoder is a decoder-only causal LM's (``CausalLMEncoder``): the config
+            is the whole causal LM's, ``encoder_state`` its base model's (as for an
+            ``HFEncoder``) and ``lm_head`` its LM head's.
+        lm_head: With ``causal_lm``: the LM head's weights.
     """
 
     path: str
@@ -83,6 +91,8 @@ class ModelSource:
     task_encoder: dict[str, Any] | None = None
     decoders: dict[str, PreTrainedModel] = field(default_factory=dict)
     seq2seq: bool = False
+    causal_lm: bool = False
+    lm_head: dict[str, Tensor] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------ exported folders
@@ -128,14 +138,17 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_encoder(folder: str | Path, seq2seq: bool = False) -> PreTrainedModel:
+def load_encoder(
+    folder: str | Path, seq2seq: bool = False, causal_lm: bool = False
+) -> PreTrainedModel:
     """The exported encoder, without the pooler it was trained without (``seq2seq``: the whole
-    encoder-decoder model of a ``Seq2SeqBackbone``).
+    encoder-decoder model of a ``Seq2SeqBackbone``; ``causal_lm``: the whole causal LM of a
+    ``CausalLMEncoder``).
 
     Raises:
         ValueError: Weights other than the pooler's are missing from the folder.
     """
-    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModel
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM if causal_lm else AutoModel
     with quiet_transformers():
         model, info = auto.from_pretrained(str(folder), output_loading_info=True)
     missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
@@ -191,10 +204,12 @@ def source_from_parts(
 ) -> ModelSource:
     """An export's parts (encoder, ``mtlkit.json``, head tensors, decoders) as a
     :class:`ModelSource`."""
+    causal_lm = meta.get("encoder_type") == CAUSAL_LM
+    lm_head = encoder.get_output_embeddings() if causal_lm else None
     return ModelSource(
         path=path,
         encoder_config=encoder.config.to_dict(),
-        encoder_state=dict(encoder.state_dict()),
+        encoder_state=dict((encoder.base_model if causal_lm else encoder).state_dict()),
         heads=_with_decoders(_export_heads(flat, meta["tasks"], f"{path}/{HEADS_FILE}"), decoders),
         tasks={n: dict(s.get("head_state", {})) for n, s in meta["tasks"].items()},
         pooling=meta.get("pooling", "mean"),
@@ -202,6 +217,8 @@ def source_from_parts(
         task_encoder=_task_encoder(meta, path),
         decoders=dict(decoders or {}),
         seq2seq=meta.get("encoder_type") == SEQ2SEQ,
+        causal_lm=causal_lm,
+        lm_head=dict(lm_head.state_dict()) if lm_head is not None else {},
     )
 
 
@@ -232,7 +249,8 @@ def read_exported(folder: str | Path) -> ModelSource:
     folder = Path(folder)
     try:
         meta = read_meta(folder, need_tokenizer=False)
-        encoder = load_encoder(folder / ENCODER_DIR, meta.get("encoder_type") == SEQ2SEQ)
+        kind = meta.get("encoder_type")
+        encoder = load_encoder(folder / ENCODER_DIR, kind == SEQ2SEQ, kind == CAUSAL_LM)
         flat = load_file(str(folder / HEADS_FILE))
         return source_from_parts(str(folder), encoder, meta, flat, load_decoders(folder, meta))
     except (FileNotFoundError, ValueError) as err:

@@ -72,6 +72,19 @@ class Seq2SeqGeneration(Task):
             dropped first when longer than ``max_length``, so the latest turns survive).
         speakers_column: With ``dialogue``: a column of one speaker name per turn.
         max_turns: With ``dialogue``: keep only the latest ``max_turns`` turns.
+        decoder_only: The shared encoder is a decoder-only causal LM
+            (:class:`~mtlkit.model.CausalLMEncoder`; GPT-2, Llama, Qwen): each example is one
+            sequence, the source (the prompt, with the tokenizer's special tokens, truncated to
+            ``max_length``) then the target (without special tokens, truncated to
+            ``max_target_length - 1``, then the end token). The labels are the next tokens
+            (shifted by one), ``-100`` over the prompt and padding, so the loss is on target
+            tokens only; the sub-batch also holds the prompts (``prompt_ids``, left-padded
+            ``prompt_mask``) that evaluation continues with the causal LM's ``generate``
+            (:class:`~mtlkit.model.prompt_lm.PromptLMHead`). The prompt, the target and the
+            generated tokens must fit the encoder's positions.
+
+    Decoder-only generation follows Radford et al. 2019, "Language Models are Unsupervised
+    Multitask Learners" (tasks as continuation of a prompt).
     """
 
     level = "text"
@@ -98,6 +111,7 @@ class Seq2SeqGeneration(Task):
         dialogue: bool = False,
         speakers_column: str | None = None,
         max_turns: int | None = None,
+        decoder_only: bool = False,
     ) -> None:
         super().__init__(
             name, source, text_column, target_column, max_length, loss_weight, text_pair_column
@@ -128,6 +142,7 @@ class Seq2SeqGeneration(Task):
         if max_turns is not None and (isinstance(max_turns, bool) or max_turns < 1):
             raise ConfigError(f"task {name!r}: max_turns must be >= 1, got {max_turns!r}")
         self.dialogue, self.speakers_column, self.max_turns = dialogue, speakers_column, max_turns
+        self.decoder_only = bool(decoder_only)
         self.target_column = target_column
         self.decoder = decoder
         self.max_target_length = max_target_length
@@ -173,15 +188,41 @@ class Seq2SeqGeneration(Task):
         else:
             out = text_inputs(self, batch, tokenizer)
         targets = [str(t) for t in batch[self.target_column]]
+        if self.decoder_only:
+            return self._prompt_then_target(out, targets, tokenizer)
         drop = _drops_leading_cls(tokenizer)
         ids = tokenizer(targets, truncation=True, max_length=self.max_target_length + drop)
         out["labels"] = [row[drop:] for row in ids["input_ids"]]
         out["target_text"] = targets
         return out
 
+    def _prompt_then_target(
+        self, prompts: dict[str, Any], targets: list[str], tokenizer: PreTrainedTokenizerBase
+    ) -> dict[str, Any]:
+        """Decoder-only rows: ``input_ids`` = prompt + target without its last token,
+        ``labels`` = the next token at each position (``-100`` over the prompt but its last
+        token, which predicts the first target token), ``prompt_ids`` = the prompt."""
+        end = special_tokens(tokenizer, self.name)["eos_token_id"]
+        ids = tokenizer(
+            targets,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.max_target_length - 1,
+        )["input_ids"]
+        out: dict[str, Any] = {"input_ids": [], "attention_mask": [], "labels": []}
+        for prompt, target in zip(prompts["input_ids"], ids, strict=True):
+            target = [*target, end]
+            out["input_ids"].append([*prompt, *target[:-1]])
+            out["attention_mask"].append([1] * (len(prompt) + len(target) - 1))
+            out["labels"].append([IGNORE_INDEX] * (len(prompt) - 1) + target)
+        out["prompt_ids"] = list(prompts["input_ids"])
+        out["target_text"] = targets
+        return out
+
     def fingerprint(self) -> str:
         dialogue = (self.dialogue, self.speakers_column, self.max_turns)
-        return repr((super().fingerprint(), self.target_column, self.max_target_length, dialogue))
+        target = (self.target_column, self.max_target_length, self.decoder_only)
+        return repr((super().fingerprint(), *target, dialogue))
 
     def input_spec(self) -> dict[str, Any]:
         """A dialogue source: how an exported model encodes it (see :mod:`mtlkit.dialogue`)."""
@@ -196,6 +237,15 @@ class Seq2SeqGeneration(Task):
         out: dict[str, Any] = super().collate(rows, pad_token_id)
         if "target_text" in rows:
             out["target_text"] = [str(t) for t in rows["target_text"]]
+        if "prompt_ids" in rows:  # decoder-only: the prompts, left-padded for generate
+            prompts = rows["prompt_ids"]
+            width = max(len(p) for p in prompts)
+            out["prompt_ids"] = _pad(
+                [[pad_token_id] * (width - len(p)) + list(p) for p in prompts], width, pad_token_id
+            )
+            out["prompt_mask"] = _pad(
+                [[0] * (width - len(p)) + [1] * len(p) for p in prompts], width, 0
+            )
         return out
 
     def collate_labels(self, labels: list[Any], width: int) -> Tensor:
@@ -216,6 +266,13 @@ class Seq2SeqGeneration(Task):
     def build_head_on(self, encoder: nn.Module, dropout: float) -> nn.Module:
         if self.tokens is None:
             raise ConfigError(f"task {self.name!r}: special token ids unknown; set up the data")
+        if self.decoder_only and (self.decoder is not None or not hasattr(encoder, "lm_logits")):
+            raise ConfigError(
+                f"task {self.name!r}: decoder_only: true continues prompts with the encoder's own "
+                "LM head: it needs a decoder-only causal LM encoder (mtlkit.model.CausalLMEncoder)"
+                f" and no decoder; got {type(encoder).__name__}"
+                + (f" and decoder {self.decoder!r}" if self.decoder is not None else "")
+            )
         if self.decoder is not None:
             head = self.decoder(encoder, dict(self.tokens))
         elif hasattr(encoder, "decoder_head"):
@@ -225,7 +282,22 @@ class Seq2SeqGeneration(Task):
                 f"task {self.name!r}: {type(encoder).__name__} has no default decoder; give the "
                 "task a decoder (e.g. mtlkit.model.decoders.WarmStartDecoder)"
             )
+        if getattr(head, "generates_from_prompts", False) and not self.decoder_only:
+            raise ConfigError(
+                f"task {self.name!r}: {type(encoder).__name__} is a decoder-only causal LM whose "
+                "head continues prompts; set decoder_only: true"
+            )
         limit = getattr(head, "max_positions", None)
+        if self.decoder_only:  # prompt, then the target or the generated tokens
+            longest = self.max_length + max(
+                self.max_target_length - 1, self.generation["max_new_tokens"]
+            )
+            if limit is not None and longest > limit:
+                raise ConfigError(
+                    f"task {self.name!r}: max_length + max_target_length / max_new_tokens allow "
+                    f"{longest} positions (prompt then target) but the encoder has {limit}"
+                )
+            return head
         longest = max(self.max_target_length, self.generation["max_new_tokens"]) + 1
         if limit is not None and longest > limit:  # the start token comes first
             raise ConfigError(
@@ -262,7 +334,8 @@ class Seq2SeqGeneration(Task):
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     def output_spec(self) -> dict[str, Any]:
-        return {"kind": "text", "generation": dict(self.generation)}
+        spec: dict[str, Any] = {"kind": "text", "generation": dict(self.generation)}
+        return spec | ({"decoder_only": True} if self.decoder_only else {})
 
     def label_state(self) -> dict[str, Any]:
         return {"tokens": dict(self.tokens) if self.tokens is not None else None}
