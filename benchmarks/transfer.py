@@ -17,9 +17,10 @@ first if ``--source`` does not exist), with four regimes: full fine-tuning, froz
 1/8 of the run), per-task LoRA (``LoRAEncoder``, r=8) and the parameter-efficient regimes of
 ``configs/transfer/regimes/`` (Houlsby and Pfeiffer bottleneck adapters, prefix tuning, AdaLoRA
 with its rank schedule over the run, IA3; encoder and learning rate as shipped). Each run also
-records its trainable parameters, time per step and peak memory (CUDA's peak allocation on a GPU;
-on a CPU the growth of resident memory, sampled every 20 ms). Metric: macro-F1 on the 516-message test
-split (spam is 12% of the messages, so accuracy flatters), mean ± std over 3 seeds. Writes
+records its trainable parameters, time per step and peak memory (CUDA's peak allocation on a
+GPU; on a CPU the growth of resident memory, sampled every 20 ms). Metric: macro-F1 on the
+516-message test split (spam is 12% of the messages, so accuracy flatters), mean ± std over 3
+seeds. Writes
 ``results/transfer.{json,md,png}``.
 """
 

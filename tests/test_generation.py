@@ -435,3 +435,18 @@ def test_cached_features_refuse_a_generation_task():
     )
     with pytest.raises(ConfigError, match=r"task 'gen': cached features serve classification"):
         data.setup("fit")
+
+
+def test_validate_then_fit_in_one_process(tmp_path, monkeypatch):
+    # trainer.validate leaves metric states made in inference mode; corpus BLEU updates them in
+    # place, so the next fit's validation needs states made in its own grad mode.
+    from pathlib import Path
+
+    from mtlkit.cli import cli_main
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "configs/tiny/generation.yaml"
+    cli = cli_main(["--config", str(config), "--trainer.max_steps=3"], run=False)
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 3 and "val/reverse/bleu" in cli.trainer.callback_metrics

@@ -363,11 +363,26 @@ class MultiTaskModule(L.LightningModule):
     ) -> None:
         self._eval_step(batch, "val")
 
+    def _eval_epoch_start(self, split: str) -> None:
+        # Fresh metric states made in the loop's own grad mode: states reset at the end of a
+        # trainer.validate/test (inference mode) are inference tensors, which metrics that
+        # update in place (corpus BLEU) could not update in a later fit's validation.
+        for name in self.tasks:
+            for key in (f"{split}_{name}", f"{split}_{name}_loss"):
+                if key in self.metrics:
+                    self.metrics[key].reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_epoch_start("val")
+
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "test")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_epoch_start("test")
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
