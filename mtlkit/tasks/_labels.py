@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import ClassLabel, DatasetDict, Features, LargeList, List, Sequence, Value
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from mtlkit.errors import DataError, DataWarning
 from mtlkit.tasks._checks import integer_class_ids, require_two_classes
@@ -215,3 +217,13 @@ def prepare_class_labels(task: Any, data: DatasetDict) -> DatasetDict:
     require_two_classes(task, column, task.label_names, task.num_labels)
     check_label_range(data, column, task.name, task.num_labels)
     return data
+
+
+def class_metrics(num_labels: int) -> MetricCollection:
+    """Single-label classification metrics: ``accuracy`` (primary) and ``macro_f1``."""
+    return MetricCollection(
+        {
+            "accuracy": MulticlassAccuracy(num_classes=num_labels, average="micro"),
+            "macro_f1": MulticlassF1Score(num_classes=num_labels, average="macro"),
+        }
+    )

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import PreTrainedTokenizerBase
 
 from mtlkit.dialogue import encode_dialogues
@@ -16,7 +15,12 @@ from mtlkit.errors import ConfigError, DataError
 from mtlkit.sources import DataSource
 from mtlkit.tasks._checks import check_label_cells
 from mtlkit.tasks._dialogue import check_turn_lists, collate_turns
-from mtlkit.tasks._labels import class_label_state, load_class_label_state, prepare_class_labels
+from mtlkit.tasks._labels import (
+    class_label_state,
+    class_metrics,
+    load_class_label_state,
+    prepare_class_labels,
+)
 from mtlkit.tasks.base import Task, linear_head, soft_kl
 
 Encoding = Literal["flat", "hierarchical"]
@@ -166,13 +170,7 @@ class DialogueClassification(Task):
         }
 
     def build_metrics(self) -> MetricCollection:
-        n = self.num_labels
-        return MetricCollection(
-            {
-                "accuracy": MulticlassAccuracy(num_classes=n, average="micro"),
-                "macro_f1": MulticlassF1Score(num_classes=n, average="macro"),
-            }
-        )
+        return class_metrics(self.num_labels)
 
     def label_state(self) -> dict[str, Any]:
         return class_label_state(self)
