@@ -133,9 +133,12 @@ def decoding_speed(cli: Any, rounds: int = 5, batch_size: int = 16) -> dict[str,
                 start = time.perf_counter()
                 ours = module.model.generate(name, batch, **settings)
                 mid = time.perf_counter()
-                theirs = head.seq2seq.generate(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **settings
-                )
+                theirs = head.seq2seq.generate(  # the encoder runs inside, as in ours
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    **head.tokens,
+                    **settings,
+                )[:, 1:]  # mtlkit returns the generated ids without the start token
                 end = time.perf_counter()
                 ratios.append((mid - start) / (end - mid))
                 rates.append(int((ours != head.tokens["pad_token_id"]).sum()) / (mid - start))
