@@ -10,6 +10,7 @@ gradient-conflict image.
 import csv
 import logging
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -155,13 +156,20 @@ def test_wandb_offline(tmp_path, monkeypatch):
     )
     cli.trainer.logger.experiment.finish()  # what the process's exit does after `mtlkit fit`
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    keys, steps = set(), []
-    for record in _wandb_records(run_file):
-        if record.WhichOneof("record_type") == "history":
-            items = {i.key or "/".join(i.nested_key): i.value_json for i in record.history.item}
-            keys |= set(items)
-            if "train/trec/weight" in items:
-                steps.append(int(items["trainer/global_step"]))
+    wanted = EXPECTED | {"diag/cos/trec~sentiment", "diag/gradient_cosine/_type"}
+    # wandb's core process may still be flushing the file after finish() on a loaded machine.
+    deadline = time.monotonic() + 60
+    while True:
+        keys, steps = set(), []
+        for record in _wandb_records(run_file):
+            if record.WhichOneof("record_type") == "history":
+                items = {i.key or "/".join(i.nested_key): i.value_json for i in record.history.item}
+                keys |= set(items)
+                if "train/trec/weight" in items:
+                    steps.append(int(items["trainer/global_step"]))
+        if wanted <= keys or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert EXPECTED | {"diag/cos/trec~sentiment", "diag/gradient_cosine/_type"} <= keys
     assert steps == list(range(6))
     images = list(run_file.parent.glob("files/media/images/diag/gradient_cosine_*.png"))
