@@ -35,6 +35,8 @@ def test_target_verdict_from_the_interval(ratios, expected):
     assert wo.verdict(row) == expected
     assert f"| {expected} |" in wo.markdown([row])
     assert wo.verdict(_row("representation", ratios, tasks=2)) == ""  # target is for 8 tasks
+    assert wo.verdict(_row("parameters", ratios, tasks=4)) == ""
+    assert wo.verdict(_row("parameters", [r + 0.45 for r in ratios])) == expected  # 1.5x
     assert wo.verdict(_row("baseline", ratios)) == ""
 
 
