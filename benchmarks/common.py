@@ -40,18 +40,25 @@ def delta_m(multi: Mapping[str, float], single: Mapping[str, float]) -> float | 
     return 100 * statistics.fmean(changes) if changes else None
 
 
+#: Where results are written, relative to the repository root (not part of a tree's state).
+RESULTS_PATHSPEC = "benchmarks/results"
+
+
 def git_state(cwd: Path = ROOT) -> dict[str, Any]:
     """``{"commit": full sha or "unknown", "dirty": bool}``: a tree is dirty when tracked files
     differ from HEAD or untracked files that git does not ignore exist; a dirty tree also gets
-    ``"changes"``, a hash of its diff and status, so two different dirty states differ."""
+    ``"changes"``, a hash of its diff and status, so two different dirty states differ.
+    ``benchmarks/results/`` does not count: benchmarks write their results there and read
+    nothing from it, so one benchmark's fresh results do not stop the next one at that commit."""
+    paths = ["--", ".", f":(exclude){RESULTS_PATHSPEC}"]
     try:
         sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=cwd, text=True).strip()
         status = subprocess.check_output(
-            ["git", "status", "--porcelain", "--untracked-files=normal"], cwd=cwd, text=True
+            ["git", "status", "--porcelain", "--untracked-files=normal", *paths], cwd=cwd, text=True
         )
         if not status.strip():
             return {"commit": sha, "dirty": False}
-        diff = subprocess.check_output(["git", "diff", "HEAD", "--binary"], cwd=cwd)
+        diff = subprocess.check_output(["git", "diff", "HEAD", "--binary", *paths], cwd=cwd)
     except (OSError, subprocess.CalledProcessError):
         return {"commit": "unknown", "dirty": True}
     changes = hashlib.sha256(diff + status.encode()).hexdigest()[:16]

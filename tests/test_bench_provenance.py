@@ -32,6 +32,13 @@ def test_git_state_of_a_real_repository(tmp_path, tmp_path_factory):
     assert common.git_state(tmp_path)["dirty"] is True  # an untracked file
     (tmp_path / ".gitignore").write_text("new.py\n.gitignore\n")
     assert common.git_state(tmp_path) == state  # ignored files do not count
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "suite.json").write_text("{}")
+    assert common.git_state(tmp_path) == state  # results written by a benchmark do not count
+    (tmp_path / "benchmarks" / "run.py").write_text("x = 2")
+    assert common.git_state(tmp_path)["dirty"] is True  # a benchmark's code does
+    (tmp_path / "benchmarks" / "run.py").unlink()
     plain = tmp_path_factory.mktemp("plain")  # not a repository: untraceable, so "dirty"
     assert common.git_state(plain) == {"commit": "unknown", "dirty": True}
 
