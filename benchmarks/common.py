@@ -41,7 +41,7 @@ def delta_m(multi: Mapping[str, float], single: Mapping[str, float]) -> float | 
 
 
 #: Where results are written, relative to the repository root (not part of a tree's state).
-RESULTS_PATHSPEC = "benchmarks/results"
+RESULTS_PATHSPEC = RESULTS.relative_to(ROOT).as_posix()
 
 
 def git_state(cwd: Path = ROOT) -> dict[str, Any]:
