@@ -3,23 +3,50 @@
 A block ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->`` receives ``results/NAME.md``.
 Before anything is written every block's results JSON (``NAME.json``, or its :data:`SOURCES`
 entry) is checked: it must exist, come from a clean tree (``dirty: false``), be marked
-``for_readme: true``, and every table (and every row inside a table) must come from the same
-commit; otherwise one ``SystemExit`` names the file and the README is left as it was.
+``for_readme: true``, and every table (and every row inside a table) must come from one commit;
+otherwise one ``SystemExit`` names the file and the README is left as it was.
+
+Tables of different files may come from different clean commits only when the library, the
+shipped configs and the dependency pins (:data:`LIBRARY`) are byte-identical between those
+commits (``git diff``): a benchmark added later (e.g. the peer comparison) then measures the same
+mtlkit as the tables before it. Any change there, or commits git cannot compare, is refused.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 BLOCK = re.compile(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", flags=re.S)
 #: README blocks whose markdown is a part of another benchmark's results.
 SOURCES = {"weighting_overhead_8tasks": "weighting_overhead", "findings": "mtl_suite"}
+#: What results depend on besides the benchmark scripts: the library, configs and pins.
+LIBRARY = ["mtlkit", "configs", "pyproject.toml", "constraints.txt"]
+
+
+def library_changes(a: str, b: str, repo: Path = ROOT) -> list[str]:
+    """Files of :data:`LIBRARY` that differ between commits ``a`` and ``b``; ``SystemExit`` when
+    git cannot compare them (an unknown commit)."""
+    out = subprocess.run(
+        ["git", "diff", "--name-only", a, b, "--", *LIBRARY],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise SystemExit(
+            f"results from different commits {a[:10]} and {b[:10]} that git cannot compare here "
+            f"({out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'git failed'}); "
+            "re-run them at one commit"
+        )
+    return out.stdout.split()
 
 
 def _commits(payload: dict[str, Any]) -> set[str]:
@@ -32,9 +59,10 @@ def _commits(payload: dict[str, Any]) -> set[str]:
     return {str(payload.get("commit")), *found}
 
 
-def check(names: list[str], results: Path = RESULTS) -> str:
-    """The one commit that every block's results come from; ``SystemExit`` naming the file
-    when one is missing, dirty, not for the README or from another commit."""
+def check(names: list[str], results: Path = RESULTS, repo: Path = ROOT) -> list[str]:
+    """The commits the blocks' results come from (sorted); ``SystemExit`` naming the file when
+    one is missing, dirty, not for the README, mixes commits, or when two files come from commits
+    whose library differs."""
     seen: dict[str, str] = {}
     for name in names:
         path = results / f"{SOURCES.get(name, name)}.json"
@@ -53,15 +81,21 @@ def check(names: list[str], results: Path = RESULTS) -> str:
         if len(commits) > 1:
             raise SystemExit(f"{path}: rows from several commits {sorted(commits)}")
         seen[str(path)] = commits.pop()
-    if len(set(seen.values())) > 1:
-        listed = ", ".join(f"{p} at {c[:10]}" for p, c in seen.items())
-        raise SystemExit(f"results from different commits, re-run them at one commit: {listed}")
-    return next(iter(seen.values()), "")
+    commits = sorted(set(seen.values()))
+    for other in commits[1:]:
+        changed = library_changes(commits[0], other, repo)
+        if changed:
+            listed = ", ".join(f"{p} at {c[:10]}" for p, c in seen.items())
+            raise SystemExit(
+                f"results from different commits whose library differs ({', '.join(changed[:5])}"
+                f"{', ...' if len(changed) > 5 else ''}); re-run them at one commit: {listed}"
+            )
+    return commits
 
 
-def update(text: str, results: Path = RESULTS) -> str:
+def update(text: str, results: Path = RESULTS, repo: Path = ROOT) -> str:
     """``text`` with every block filled from ``results`` (after :func:`check`)."""
-    check([m.group(1) for m in BLOCK.finditer(text)], results)
+    check([m.group(1) for m in BLOCK.finditer(text)], results, repo)
 
     def fill(match: re.Match[str]) -> str:
         name = match.group(1)

@@ -128,3 +128,31 @@ def test_readme_refuses_results_without_provenance(tmp_path):
     (tmp_path / "two.json").unlink()
     with pytest.raises(SystemExit, match="two.json: no results file"):
         update_readme.update(README, tmp_path)
+
+
+def test_readme_combines_commits_only_with_the_same_library(tmp_path, tmp_path_factory):
+    """Two files from different commits fill the README when mtlkit/, configs/ and the pins
+    are identical between them (a benchmark added later), never when the library changed."""
+    repo = tmp_path_factory.mktemp("repo")
+
+    def commit(path, text):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+        _git(repo, "add", path)
+        _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", path)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True)
+        return out.stdout.decode().strip()
+
+    _git(repo, "init", "-q")
+    first = commit("mtlkit/model.py", "x = 1")
+    later = commit("benchmarks/peers.py", "y = 1")  # a new benchmark, same library
+    commit("README.md", "words")
+    _result(tmp_path, "one", commit=first)
+    _result(tmp_path, "two", commit=later)
+    assert update_readme.check(["one", "two"], tmp_path, repo) == sorted([first, later])
+    assert "table two" in update_readme.update(README, tmp_path, repo)
+    for path in ("mtlkit/model.py", "configs/quickstart.yaml", "constraints.txt"):
+        changed = commit(path, "x = 2")
+        _result(tmp_path, "two", commit=changed)
+        with pytest.raises(SystemExit, match=f"library differs \\(.*{path}"):
+            update_readme.update(README, tmp_path, repo)
