@@ -9,7 +9,9 @@ otherwise one ``SystemExit`` names the file and the README is left as it was.
 Tables of different files may come from different clean commits only when the library, the
 shipped configs and the dependency pins (:data:`LIBRARY`) are byte-identical between those
 commits (``git diff``): a benchmark added later (e.g. the peer comparison) then measures the same
-mtlkit as the tables before it. Any change there, or commits git cannot compare, is refused.
+mtlkit as the tables before it. Any change there, or commits git cannot compare, is refused;
+so is a library at ``HEAD`` that differs from the results' (:func:`main`): the tables must
+reproduce from the checked-out commit.
 """
 
 from __future__ import annotations
@@ -59,10 +61,13 @@ def _commits(payload: dict[str, Any]) -> set[str]:
     return {str(payload.get("commit")), *found}
 
 
-def check(names: list[str], results: Path = RESULTS, repo: Path = ROOT) -> list[str]:
+def check(
+    names: list[str], results: Path = RESULTS, repo: Path = ROOT, head: bool = False
+) -> list[str]:
     """The commits the blocks' results come from (sorted); ``SystemExit`` naming the file when
     one is missing, dirty, not for the README, mixes commits, or when two files come from commits
-    whose library differs."""
+    whose library differs; with ``head``, also when the library at ``HEAD`` differs from the
+    results' (the tables would not reproduce from the checked-out commit)."""
     seen: dict[str, str] = {}
     for name in names:
         path = results / f"{SOURCES.get(name, name)}.json"
@@ -90,12 +95,20 @@ def check(names: list[str], results: Path = RESULTS, repo: Path = ROOT) -> list[
                 f"results from different commits whose library differs ({', '.join(changed[:5])}"
                 f"{', ...' if len(changed) > 5 else ''}); re-run them at one commit: {listed}"
             )
+    if head and commits:
+        changed = library_changes(commits[0], "HEAD", repo)
+        if changed:
+            raise SystemExit(
+                f"the library changed since the results' commit {commits[0][:10]} "
+                f"({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''}): the tables "
+                "would not reproduce from HEAD; re-run the benchmarks"
+            )
     return commits
 
 
-def update(text: str, results: Path = RESULTS, repo: Path = ROOT) -> str:
+def update(text: str, results: Path = RESULTS, repo: Path = ROOT, head: bool = False) -> str:
     """``text`` with every block filled from ``results`` (after :func:`check`)."""
-    check([m.group(1) for m in BLOCK.finditer(text)], results, repo)
+    check([m.group(1) for m in BLOCK.finditer(text)], results, repo, head)
 
     def fill(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -106,7 +119,7 @@ def update(text: str, results: Path = RESULTS, repo: Path = ROOT) -> str:
 
 
 def main() -> None:
-    README.write_text(update(README.read_text()))
+    README.write_text(update(README.read_text(), head=True))
 
 
 if __name__ == "__main__":

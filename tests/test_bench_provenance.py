@@ -150,9 +150,13 @@ def test_readme_combines_commits_only_with_the_same_library(tmp_path, tmp_path_f
     _result(tmp_path, "one", commit=first)
     _result(tmp_path, "two", commit=later)
     assert update_readme.check(["one", "two"], tmp_path, repo) == sorted([first, later])
-    assert "table two" in update_readme.update(README, tmp_path, repo)
+    assert "table two" in update_readme.update(README, tmp_path, repo, head=True)
     for path in ("mtlkit/model.py", "configs/quickstart.yaml", "constraints.txt"):
         changed = commit(path, "x = 2")
         _result(tmp_path, "two", commit=changed)
         with pytest.raises(SystemExit, match=f"library differs \\(.*{path}"):
             update_readme.update(README, tmp_path, repo)
+    _result(tmp_path, "two", commit=later)  # both before the library changed: not from HEAD
+    assert update_readme.check(["one", "two"], tmp_path, repo) == sorted([first, later])
+    with pytest.raises(SystemExit, match="library changed since .* would not reproduce from HEAD"):
+        update_readme.update(README, tmp_path, repo, head=True)
