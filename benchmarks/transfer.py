@@ -22,11 +22,18 @@ GPU; on a CPU the growth of resident memory, sampled every 20 ms). Metric: macro
 516-message test split (spam is 12% of the messages, so accuracy flatters), mean ± std over 3
 seeds. Writes
 ``results/transfer.{json,md,png}``.
+
+Each finished run of a clean tree is cached in ``.mtlkit_cache/transfer_runs/`` under a key of
+the commit, the run's coordinates, the source checkpoint's hash and the regime's settings
+(:func:`run_key`): a stopped call resumes where it stopped, and calls with ``--regimes`` subsets
+add up to the whole table (only a call over every regime writes results for the README).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import statistics
 import time
 from pathlib import Path
@@ -35,11 +42,13 @@ from typing import Any
 import lightning as L
 
 from benchmarks import stats
-from benchmarks.common import RESULTS, file_sha256, require_clean, write_result
+from benchmarks.common import RESULTS, file_sha256, git_state, require_clean, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "runs" / "quickstart" / "checkpoints" / "last.ckpt"
 CACHE = ROOT / ".mtlkit_cache"
+#: Finished runs of a clean tree, one JSON each, so an interrupted call resumes where it stopped.
+RUNS_CACHE = CACHE / "transfer_runs"
 #: Parameter-efficient regimes: their encoder and learning rate come from the shipped override
 #: ``configs/transfer/regimes/<file>.yaml`` (one set of task parameters on the frozen encoder).
 PEFT_CONFIGS = {
@@ -368,11 +377,55 @@ def plot(summary: dict[str, dict[str, list[float]]], runs: list[dict[str, Any]],
     plt.close(fig)
 
 
-def run(mode: str = "default", source: Path = SOURCE, regimes: list[str] | None = None) -> Path:
+def run_key(commit: str, mode: str, run: dict[str, Any], source_sha256: str) -> str:
+    """Cache key of one run: the commit, the mode, the run's coordinates (start, regime, size,
+    steps, seed), the source checkpoint's hash, and the regime's learning rates and config."""
+    regime = run["regime"]
+    spec = {
+        "commit": commit,
+        "mode": mode,
+        **run,
+        "source": source_sha256,
+        "lr": LR[regime],
+        "head_lr": HEAD_LR[regime],
+        "regime_config": _regime_config(regime) if regime in PEFT_CONFIGS else None,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_run(
+    cache: Path | None, key: str, compute: Any, commit: str
+) -> tuple[dict[str, Any], bool]:
+    """The run cached under ``key`` in ``cache``, or ``compute()`` (then cached, written
+    atomically, with ``commit``); and whether it came from the cache. ``cache=None``: no cache."""
+    path = cache / f"{key}.json" if cache is not None else None
+    if path is not None and path.exists():
+        return json.loads(path.read_text()), True
+    result = {**compute(), "commit": commit}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, sort_keys=True))
+        tmp.replace(path)
+    return result, False
+
+
+def run(
+    mode: str = "default",
+    source: Path = SOURCE,
+    regimes: list[str] | None = None,
+    cache: Path | None = RUNS_CACHE,
+) -> Path:
+    """Every run of ``mode`` (or of ``regimes``), then the results files. Finished runs of a
+    clean tree are cached under ``cache`` keyed by :func:`run_key`, so a stopped call resumes and
+    calls on subsets of the regimes add up; a dirty tree or a smoke run caches nothing."""
     import tempfile
 
     settings = MODES[mode]
     smoke = mode == "smoke"
+    state = git_state()
+    if smoke or state["dirty"]:
+        cache = None
     start = time.perf_counter()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -383,11 +436,21 @@ def run(mode: str = "default", source: Path = SOURCE, regimes: list[str] | None 
             for size, steps in zip(settings["sizes"], settings["steps"], strict=True):
                 for init in INITS:
                     for regime in regimes or REGIMES:
-                        runs.append(run_one(init, regime, size, steps, seed, source, smoke))
-                        r = runs[-1]
+                        where = {"init": init, "regime": regime, "size": size, "steps": steps}
+                        key = run_key(state["commit"], mode, {**where, "seed": seed}, source_sha256)
+                        r, hit = cached_run(
+                            cache,
+                            key,
+                            lambda w=where, s=seed: run_one(
+                                **w, seed=s, source=source, smoke=smoke
+                            ),
+                            state["commit"],
+                        )
+                        runs.append(r)
                         print(
                             f"[transfer] seed {seed} n={size} {init}/{regime}: "
-                            f"F1 {r['macro_f1']:.3f} ({r['train_seconds']} s)",
+                            f"F1 {r['macro_f1']:.3f} ({r['train_seconds']} s"
+                            f"{', cached' if hit else ''})",
                             flush=True,
                         )
     summary = summarise(runs)
@@ -408,6 +471,7 @@ def run(mode: str = "default", source: Path = SOURCE, regimes: list[str] | None 
         "summary": summary,
         "effects": paired_effects(runs),
         "wall_seconds": round(time.perf_counter() - start, 1),
+        "train_seconds_total": round(sum(r["train_seconds"] for r in runs), 1),
     }
     name = "transfer" if not smoke else "transfer_smoke"
     # A smoke run or a subset of the regimes is never for the README.

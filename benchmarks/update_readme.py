@@ -54,9 +54,13 @@ def library_changes(a: str, b: str, repo: Path = ROOT) -> list[str]:
 def _commits(payload: dict[str, Any]) -> set[str]:
     """The commit of the file and of each run it holds (rows cached by earlier calls)."""
     runs = payload.get("runs")
-    rows = runs.values() if isinstance(runs, dict) else []
+    rows = runs.values() if isinstance(runs, dict) else [runs] if isinstance(runs, list) else []
     found = {
-        str(r["commit"]) for row in rows if isinstance(row, list) for r in row if "commit" in r
+        str(r["commit"])
+        for row in rows
+        if isinstance(row, list)
+        for r in row
+        if isinstance(r, dict) and "commit" in r
     }
     return {str(payload.get("commit")), *found}
 
