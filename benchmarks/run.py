@@ -21,16 +21,16 @@ config (the CLI's ``--print_config`` text, hashed) and the settings; the suite r
 tree unless ``--allow-dirty`` (then, like any partial run, the results are ``for_readme:
 false`` and the README is left alone).
 
-Default mode (CPU): MiniLM-L6's lower three layers (``HFEncoder(keep_layers=[0, 1, 2])``),
-short sequences, at most 40 steps per task, validation every 20 steps. Time estimate (not run;
-from a smoke run's per-step process CPU time, which :class:`benchmarks.recorder.RunRecorder`
-records for every run): one step costs ~0.2 s (TREC alone), ~0.5 s (BBC alone), ~0.3 s
-(homogeneous multi-task) and ~0.45-0.5 s (mixed batches, gradient methods on the representation
-included) of one core; a validation or test pass over 3 x 200 examples ~3 s; starting a run
-~6 s. At the full budget a seed costs ~40 s (single rows) + 4 x ~55 s (sampling) + 15 x ~75 s
-(weighting) + 22 x ~9 s (start, test) ~ 1,550 core-seconds, 5 seeds ~ 7,700: ~65 min on two
-cores (``--workers 2``), less where early stopping ends a row. ``--full`` keeps the whole model,
-the configs' lengths and 1,000 steps per task (for a GPU).
+Default mode (CPU): MiniLM-L6's lower three layers (``HFEncoder(keep_layers=[0, 1, 2])``) with
+frozen embeddings, short sequences, peak learning rates 3e-4 / 3e-3 (heads), at most 100 steps
+per task, validation every 25 steps. One step costs ~0.11 s (TREC alone), ~0.22 s (BBC alone),
+~0.18 s (sentiment alone) and ~0.3 s (mixed batches) of one core (process CPU time of one-seed
+learning-curve runs, which :class:`benchmarks.recorder.RunRecorder` records for every run); a
+validation or test pass over 3 x 200 examples ~3 s; starting a run ~6 s. At the full budget a
+seed costs ~2,000 core-seconds, 5 seeds ~80 min on two cores (``--workers 2``), less where early
+stopping ends a row. The table's ``2nd-half gain`` column shows whether a row had reached its
+plateau. ``--full`` keeps the whole model, the configs' lengths and learning rates and 1,000
+steps per task (for a GPU).
 """
 
 from __future__ import annotations

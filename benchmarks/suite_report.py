@@ -29,6 +29,14 @@ def _mean_score(runs: list[dict[str, Any]], tasks: list[str]) -> dict[int, float
     return {r["seed"]: statistics.fmean(r["test"][t][PRIMARY[t]] for t in tasks) for r in runs}
 
 
+def late_gain(curve: list[tuple[int, float]], steps: int) -> float | None:
+    """How much the validation metric still rose in the second half of a run: the best value
+    of the whole curve minus the best up to ``steps / 2`` (about 0 for a run that reached its
+    plateau by mid-run; ``None`` without a validation in the first half)."""
+    early = [v for step, v in curve if step <= steps / 2]
+    return max(v for _, v in curve) - max(early) if early else None
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -76,6 +84,7 @@ def summarise(results: Runs) -> dict[str, dict[str, Any]]:
             "steps": statistics.fmean(r["steps"] for r in runs),
             "best_step": statistics.fmean(r["best_step"] or 0 for r in runs),
             "max_steps": runs[0]["max_steps"],
+            "late_gain": _mean_or_none([late_gain(r["val_curve"], r["steps"]) for r in runs]),
             "max_weight_move": max(r["max_weight_move"] for r in runs),
             "seconds": statistics.fmean(r["seconds"] for r in runs),
         }
@@ -94,6 +103,10 @@ def summarise(results: Runs) -> dict[str, dict[str, Any]]:
     for name, twins in identical_rows(results).items():
         summary[name]["same_as"] = twins
     return summary
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    return None if None in values else statistics.fmean(values)
 
 
 def identical_rows(results: Runs) -> dict[str, list[str]]:
@@ -127,8 +140,8 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
     head = " | ".join(f"{t} {m}" for t, m in PRIMARY.items())
     lines = [
         f"| row | {head} | mean | vs single: Δ mean | Δm% | vs equal: Δ mean | steps (best) "
-        "| weights |",
-        "|" + "---|" * (len(PRIMARY) + 7),
+        "| 2nd-half gain | weights |",
+        "|" + "---|" * (len(PRIMARY) + 8),
     ]
     for name, e in summary.items():
         cells = [_cell(e["tasks"].get(t)) for t in PRIMARY]
@@ -144,6 +157,7 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
             f"| {name} | " + " | ".join(cells) + f" | {_cell(e['mean'])} "
             f"| {_interval(vs.get('absolute'))} | {_interval(vs.get('delta_m'), 1, False)} "
             f"| {_interval(e.get('vs_equal'))} | {e['steps']:.0f} ({e['best_step']:.0f}) "
+            f"| {'-' if e.get('late_gain') is None else format(e['late_gain'], '+.3f')} "
             f"| {weights} |"
         )
     floors = sorted(
@@ -157,7 +171,10 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
         f"stopping after {settings['patience']} validations without improvement, at most "
         f"{settings['steps']} steps of 16 per task (multi-task rows "
         f"{settings['steps'] * len(PRIMARY)}); `steps (best)`: steps trained and the selected "
-        f"step, mean over seeds. {settings['seeds']} seeds; scores mean ± std. Comparisons are "
+        "step, mean over seeds; `2nd-half gain`: how much validation `val/mean` still rose "
+        "after half the steps a run trained (its best minus its best by mid-run, mean over "
+        f"seeds; about 0 once a run has reached its plateau). {settings['seeds']} seeds; scores "
+        "mean ± std. Comparisons are "
         "paired by seed (same data order and initial heads): mean difference with its 95 % "
         "Student t interval; a verdict `better`/`worse` only when the interval excludes 0. "
         "`Δ mean`: change of the mean primary metric (absolute); Δm%: mean relative change "

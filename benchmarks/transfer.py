@@ -173,9 +173,11 @@ def run_one(
     with PeakMemory() as memory:
         trainer.fit(model, dm)
     seconds = time.perf_counter() - start
-    (metrics,) = trainer.test(model, dm, verbose=False)
-    # After training: the frozen regime's callback has frozen the encoder by then.
+    # At the end of training, before testing: by then the frozen regime's callback has frozen
+    # the encoder and gradual unfreezing has unfrozen every layer; trainer.test would run
+    # BaseFinetuning.setup again, which re-freezes what gradual unfreezing had opened.
     trainable = model.trainable_parameter_counts()["total"]
+    (metrics,) = trainer.test(model, dm, verbose=False)
     return {
         "init": init,
         "regime": regime,

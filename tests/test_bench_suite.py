@@ -22,6 +22,7 @@ def _runs(values: dict[str, list[float]], move: float = 0.5) -> list[dict]:
             "steps": 10,
             "best_step": 5,
             "max_steps": 10,
+            "val_curve": [(5, 0.5), (10, 0.5)],
             "max_weight_move": move,
             "train_sizes": {"trec": 4000, "bbc_topic": 1700, "sentiment": 10000},
             "test": {t: {suite_report.PRIMARY[t]: v[s]} for t, v in values.items()},
@@ -35,6 +36,17 @@ SINGLE = {
     "single/bbc_topic": _runs({"bbc_topic": [0.9, 0.9, 0.9]}),
     "single/sentiment": _runs({"sentiment": [0.5, 0.7, 0.6]}),
 }
+
+
+def test_late_gain_by_hand():
+    # Best over the run 0.80 (step 80), best by mid-run (steps <= 50) 0.70: +0.10 still to gain.
+    curve = [(20, 0.5), (40, 0.7), (60, 0.65), (80, 0.8), (100, 0.75)]
+    assert suite_report.late_gain(curve, 100) == pytest.approx(0.10)
+    # A plateau by mid-run: nothing gained after it (a later dip does not count).
+    assert suite_report.late_gain([(25, 0.6), (50, 0.9), (75, 0.88), (100, 0.9)], 100) == 0.0
+    # Early stopping at step 60: the half is step 30.
+    assert suite_report.late_gain([(20, 0.4), (40, 0.6), (60, 0.5)], 60) == pytest.approx(0.2)
+    assert suite_report.late_gain([(80, 0.5)], 100) is None
 
 
 def test_paired_comparison_against_single_task_by_hand():
@@ -188,11 +200,26 @@ def test_resolved_config_is_the_merged_yaml_without_the_run_folder(tmp_path):
     assert config["model"]["init_args"]["encoder"]["init_args"]["keep_layers"] == [0, 1, 2]
     assert config["trainer"]["max_steps"] == 3 * settings["steps"]
     assert config["trainer"]["accelerator"] == "cpu"  # --full: auto
+    # The CPU budget's learning rates replace the config's 1e-4 / 1e-3; embeddings frozen.
+    assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 3.0e-4
+    assert config["model"]["init_args"]["head_lr"] == 3.0e-3
     assert [c["class_path"].rsplit(".", 1)[1] for c in config["trainer"]["callbacks"]] == [
         "EarlyStopping",
         "ModelCheckpoint",
         "RunRecorder",
+        "FreezeLayers",
     ]
+    assert config["trainer"]["callbacks"][-1]["init_args"] == {"n": 0, "embeddings": True}
+    full = yaml.safe_load(
+        run.resolved_config(
+            run.cli_args(
+                run.rows()["single/trec"], "full", run._settings("full", None, None), tmp_path
+            ),
+            tmp_path,
+        )
+    )
+    assert full["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 1.0e-4  # the config's
+    assert len(full["trainer"]["callbacks"]) == 3
 
 
 def test_cache_key_changes_with_commit_config_and_settings(monkeypatch):

@@ -105,3 +105,17 @@ def test_smoke_and_dirty_runs_are_not_cached(tmp_path, stand_in, monkeypatch):
 def test_readme_refuses_transfer_runs_of_another_commit():
     payload = {"commit": "a", "runs": [{"commit": "a"}, {"commit": "b"}]}
     assert update_readme._commits(payload) == {"a", "b"}
+
+
+def test_trainable_parameters_are_counted_at_the_end_of_training(tmp_path):
+    """Gradual unfreezing has opened every layer by the end of its run, so it trains what full
+    fine-tuning trains; the frozen regime trains the head only (Lightning's BaseFinetuning
+    re-freezes at trainer.test, so a count taken after testing read 770 for gradual)."""
+    counts = {
+        regime: transfer.run_one("pretrained", regime, 16, 16, 0, tmp_path / "none", True)[
+            "trainable_parameters"
+        ]
+        for regime in ("full", "gradual", "frozen")
+    }
+    assert counts["gradual"] == counts["full"]
+    assert 0 < counts["frozen"] < counts["full"] // 10
