@@ -104,6 +104,20 @@ def resolved_config(args: list[str]) -> str:
     return out.getvalue()
 
 
+def digest(spec: Mapping[str, Any]) -> str:
+    """A cache key: the first 16 hex digits of the SHA-256 of ``spec`` as sorted JSON."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Writes ``payload`` as JSON to ``path`` through a temporary file and a rename, so a
+    stopped process leaves either the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, sort_keys=True))
+    tmp.replace(path)
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes (e.g. a transfer benchmark's source checkpoint)."""
     digest = hashlib.sha256()

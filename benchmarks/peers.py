@@ -143,6 +143,13 @@ def _tokenized(data: dict[str, dict[str, list[Any]]], folder: Path) -> dict[str,
     return out
 
 
+def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    """The mask-weighted mean of token states, as mtlkit's ``pooling: mean`` (the plain loop and
+    the LibMTL encoder use it, so every side pools alike)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1)
+
+
 def plain_side(
     data: dict[str, dict[str, list[Any]]], folder: Path, cfg: dict[str, int], mixed: bool
 ) -> None:
@@ -157,9 +164,7 @@ def plain_side(
     def loss(name: str, step: int) -> Tensor:
         sub = {k: v[step * b : (step + 1) * b] for k, v in tensors[name].items()}
         labels, mask = sub.pop("labels"), sub["attention_mask"]
-        hidden = encoder(**sub).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1)
+        pooled = mean_pool(encoder(**sub).last_hidden_state, mask)
         return F.cross_entropy(heads[name](pooled), labels)
 
     for step in range(cfg["warmup"] + cfg["steps"]):
@@ -266,9 +271,7 @@ def libmtl_side(
 
         def forward(self, packed: Tensor) -> Tensor:
             ids, mask = packed.unbind(1)
-            out = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-            weights = mask.unsqueeze(-1).to(out.dtype)
-            return (out * weights).sum(1) / weights.sum(1)
+            return mean_pool(self.bert(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
     class CPUTrainer(libmtl.Trainer):
         """LibMTL's Trainer on this machine's device and with Python 3's ``next``."""

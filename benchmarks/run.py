@@ -36,7 +36,6 @@ steps per task (for a GPU).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import tempfile
 import time
@@ -44,7 +43,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from benchmarks.common import ROOT, config_hash, git_state, machine, require_clean
+from benchmarks.common import (
+    ROOT,
+    config_hash,
+    digest,
+    git_state,
+    machine,
+    require_clean,
+    write_json_atomic,
+)
 from benchmarks.suite_rows import MODES, cli_args, rows, seed_args
 
 CACHE = ROOT / ".mtlkit_cache" / "bench_rows"
@@ -104,8 +111,7 @@ def row_provenance(name: str, mode: str, settings: dict[str, Any]) -> dict[str, 
         "machine": machine(),
     }
     keyed = {k: provenance[k] for k in ("commit", "changes", "config_hash", "settings")}
-    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
-    return {**provenance, "key": digest}
+    return {**provenance, "key": digest(keyed)}
 
 
 def _row_file(name: str, key: str) -> Path:
@@ -128,8 +134,7 @@ def train_row(name: str, mode: str, settings: dict[str, Any]) -> dict[str, Any]:
         )
         print(f"[bench] {name} seed {seed}: {out['steps']} steps, {out['seconds']} s", flush=True)
     record = {**provenance, "wall_seconds": round(time.perf_counter() - start, 1), "runs": runs}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record))
+    write_json_atomic(path, record)
     return record
 
 

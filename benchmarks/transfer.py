@@ -32,7 +32,6 @@ add up to the whole table (only a call over every regime writes results for the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import time
@@ -42,7 +41,15 @@ from typing import Any
 import lightning as L
 
 from benchmarks import stats
-from benchmarks.common import RESULTS, file_sha256, git_state, require_clean, write_result
+from benchmarks.common import (
+    RESULTS,
+    digest,
+    file_sha256,
+    git_state,
+    require_clean,
+    write_json_atomic,
+    write_result,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "runs" / "quickstart" / "checkpoints" / "last.ckpt"
@@ -392,7 +399,7 @@ def run_key(commit: str, mode: str, run: dict[str, Any], source_sha256: str) -> 
         "head_lr": HEAD_LR[regime],
         "regime_config": _regime_config(regime) if regime in PEFT_CONFIGS else None,
     }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(spec)
 
 
 def cached_run(
@@ -405,10 +412,7 @@ def cached_run(
         return json.loads(path.read_text()), True
     result = {**compute(), "commit": commit}
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, sort_keys=True))
-        tmp.replace(path)
+        write_json_atomic(path, result)
     return result, False
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from benchmarks import run, suite_rows
+from benchmarks import common, run, suite_rows
 from benchmarks.common import delta_m
 from mtlkit.testing.trainer import QUIET, quiet_cli_args, quiet_trainer
 
@@ -62,3 +64,18 @@ def test_profile_step_splits_both_sides():
         assert parts["optimizer kernels"] > 0
     assert result["mtlkit"]["  of which self.log"] > 0
     assert "| mtlkit | post-step parameter check |" in profile_step.markdown(result)
+
+
+def test_digest_is_order_free_and_names_every_value():
+    key = common.digest({"commit": "a", "seed": 0})
+    assert key == common.digest({"seed": 0, "commit": "a"}) and len(key) == 16
+    assert key != common.digest({"commit": "a", "seed": 1})
+    assert key == hashlib.sha256(b'{"commit": "a", "seed": 0}').hexdigest()[:16]
+
+
+def test_write_json_atomic_replaces_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "cache" / "row.json"
+    common.write_json_atomic(path, {"runs": [1]})
+    common.write_json_atomic(path, {"runs": [1, 2]})
+    assert json.loads(path.read_text()) == {"runs": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["row.json"]
