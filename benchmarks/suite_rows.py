@@ -59,6 +59,15 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "uncertainty": {"lr": 1.0e-2},
     "dwa": {"window_steps": 10},
 }
+# The CPU suite's settings on the whole encoder (six layers, embeddings trained), 3 seeds:
+# benchmarks.suite_check retrains a subset of rows this way to see whether the CPU suite's
+# conclusions hold for the whole model.
+MODES["whole"] = {
+    **MODES["default"],
+    "keep_layers": None,
+    "freeze_embeddings": False,
+    "seeds": 3,
+}
 SAMPLING = {
     "proportional": "mtlkit.data.sampling.Proportional",
     "uniform": "mtlkit.data.sampling.Uniform",
