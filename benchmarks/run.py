@@ -26,11 +26,12 @@ frozen embeddings, short sequences, peak learning rates 3e-4 / 3e-3 (heads), at 
 per task, validation every 25 steps. One step costs ~0.11 s (TREC alone), ~0.22 s (BBC alone),
 ~0.18 s (sentiment alone) and ~0.3 s (mixed batches) of one core (process CPU time of one-seed
 learning-curve runs, which :class:`benchmarks.recorder.RunRecorder` records for every run); a
-validation or test pass over 3 x 200 examples ~3 s; starting a run ~6 s. At the full budget a
-seed costs ~2,000 core-seconds, 5 seeds ~80 min on two cores (``--workers 2``), less where early
-stopping ends a row. The table's ``2nd-half gain`` column shows whether a row had reached its
-plateau. ``--full`` keeps the whole model, the configs' lengths and learning rates and 1,000
-steps per task (for a GPU).
+validation or test pass over 3 x 200 examples ~3 s; starting a run ~6 s. Measured at 8a558b6:
+5 seeds took 81 min on two cores (``--workers 2``; 4,857 s of wall time, 9,093 s of
+training). The table's ``2nd-half gain`` column shows whether a row had reached its plateau.
+``--full`` keeps the whole model, the configs' lengths and learning rates and 1,000 steps per
+task (for a GPU); ``python -m benchmarks.suite_check`` retrains a subset on the whole model
+with this mode's other settings.
 """
 
 from __future__ import annotations
