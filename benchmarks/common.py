@@ -14,6 +14,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,21 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, sort_keys=True))
     tmp.replace(path)
+
+
+def train_in_workers(module: str, parts: list[list[str]], extra: list[str]) -> None:
+    """Runs ``python -m <module> --rows=<part> <extra>`` once per part, in parallel processes of
+    one torch thread each (on a small CPU that beats one process with several threads);
+    ``SystemExit`` when any of them fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", module, f"--rows={','.join(part)}", *extra], env=env, cwd=ROOT
+        )
+        for part in parts
+    ]
+    if any(p.wait() != 0 for p in procs):
+        raise SystemExit(f"a {module} worker failed")
 
 
 def file_sha256(path: Path) -> str:

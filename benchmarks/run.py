@@ -174,28 +174,14 @@ def mtl_suite(
 def _train_rows_in_workers(
     workers: int, mode: str, seeds: int | None, steps: int | None, allow_dirty: bool
 ) -> None:
-    """Trains the English rows in ``workers`` processes of one thread each (on a small CPU
-    that beats one process with several threads); each takes every ``workers``-th row."""
-    import os
-    import subprocess
-    import sys
-
+    """Trains the English rows in ``workers`` processes (:func:`common.train_in_workers`);
+    each takes every ``workers``-th row."""
     names = list(rows())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     extra = [f"--{k}={v}" for k, v in (("seeds", seeds), ("steps", steps)) if v is not None]
     extra += ["--full"] if mode == "full" else []
     extra += ["--allow-dirty"] if allow_dirty else []
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.run", "--only", "mtl", "--no-summary", "--workers=1"]
-            + [f"--rows={','.join(names[i::workers])}", *extra],
-            env=env,
-            cwd=ROOT,
-        )
-        for i in range(workers)
-    ]
-    if any(p.wait() != 0 for p in procs):
-        raise SystemExit("a benchmark worker failed")
+    extra += ["--only", "mtl", "--no-summary", "--workers=1"]
+    common.train_in_workers("benchmarks.run", [names[i::workers] for i in range(workers)], extra)
 
 
 def main(argv: list[str] | None = None) -> None:

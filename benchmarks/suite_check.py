@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from benchmarks import findings, suite_report
-from benchmarks.common import RESULTS, ROOT, require_clean, write_result
+from benchmarks.common import RESULTS, require_clean, train_in_workers, write_result
 from benchmarks.run import _settings, train_row
 from benchmarks.suite_report import _interval
 from benchmarks.update_readme import library_changes
@@ -168,18 +165,9 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.rows.split(","):
             train_row(name, "whole", settings)
         return
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     extra = ["--allow-dirty"] if args.allow_dirty else []
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.suite_check", f"--rows={','.join(part)}", *extra],
-            env=env,
-            cwd=ROOT,
-        )
-        for part in (_longest_first()[i :: args.workers] for i in range(args.workers))
-    ]
-    if any(p.wait() != 0 for p in procs):
-        raise SystemExit("a suite_check worker failed")
+    parts = [_longest_first()[i :: args.workers] for i in range(args.workers)]
+    train_in_workers("benchmarks.suite_check", parts, extra)
     print(run(for_readme=clean))
 
 
