@@ -18,6 +18,9 @@ PRIMARY = {"trec": "accuracy", "bbc_topic": "accuracy", "sentiment": "pearson"}
 FLOOR = DELTA_M_FLOOR
 #: Rows whose weights are constant by design (not flagged when they never move).
 FIXED = {"weighting/equal", "weighting/static"}
+#: Row prefixes of one task: the single-task rows and the budget check (the same rows with
+#: more steps, see :func:`budget_check`).
+ONE_TASK = ("single/", "budget/")
 Runs = Mapping[str, list[dict[str, Any]]]
 
 
@@ -88,7 +91,7 @@ def summarise(results: Runs) -> dict[str, dict[str, Any]]:
             "max_weight_move": max(r["max_weight_move"] for r in runs),
             "seconds": statistics.fmean(r["seconds"] for r in runs),
         }
-        multi = not name.startswith("single/")
+        multi = not name.startswith(ONE_TASK)
         entry["weights_still"] = (
             multi and name not in FIXED and (entry["max_weight_move"] < STILL_TOLERANCE)
         )
@@ -102,7 +105,21 @@ def summarise(results: Runs) -> dict[str, dict[str, Any]]:
         summary[name] = entry
     for name, twins in identical_rows(results).items():
         summary[name]["same_as"] = twins
+    for task, comparison in budget_check(results).items():
+        summary[f"budget/{task}"]["vs_budget"] = comparison
     return summary
+
+
+def budget_check(results: Runs) -> dict[str, dict[str, Any]]:
+    """Per task with a ``budget/<task>`` row: its test score (more steps) minus the single-task
+    row's, paired by seed. A budget that reaches the single-task plateau shows no gain: the
+    interval holds 0 or lies below it."""
+    single = _single(results)
+    return {
+        t: stats.paired(_scores(results[f"budget/{t}"], t), single[t]).as_dict()
+        for t in single
+        if f"budget/{t}" in results
+    }
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:
@@ -148,7 +165,7 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
         vs = e.get("vs_single", {})
         weights = (
             "fixed"
-            if name in FIXED or name.startswith(("single/", "sampling/"))
+            if name in FIXED or name.startswith((*ONE_TASK, "sampling/"))
             else "**never moved**"
             if e["weights_still"]
             else f"moved {e['max_weight_move']:.3g}"
@@ -167,7 +184,8 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
     lines.append(
         f"\nMiniLM-L6{f' (layers {layers})' if layers else ''}; TEST split (at most "
         f"{settings['max_eval']} examples per task) scored with the checkpoint of the best "
-        f"validation `val/mean`; validation every {settings['eval_every']} steps, early "
+        f"validation `val/mean`; validation every {settings['eval_every']} steps per task "
+        f"(multi-task rows every {settings['eval_every'] * len(PRIMARY)} steps), early "
         f"stopping after {settings['patience']} validations without improvement, at most "
         f"{settings['steps']} steps of 16 per task (multi-task rows "
         f"{settings['steps'] * len(PRIMARY)}); `steps (best)`: steps trained and the selected "
@@ -182,6 +200,21 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
         f"task weight from its start; **never moved** (< {STILL_TOLERANCE}) flags a dynamic "
         "method that acted as a fixed one."
     )
+    budget = {n.split("/")[1]: e["vs_budget"] for n, e in summary.items() if "vs_budget" in e}
+    if budget:
+        steps = {n.split("/")[1]: e["max_steps"] for n, e in summary.items() if "vs_budget" in e}
+        marks = "; ".join(f"{t} ({steps[t]} steps) {_interval(c)}" for t, c in budget.items())
+        still = [t for t, c in budget.items() if c.get("verdict") == "better"]
+        lines.append(
+            f"\nBudget check (`budget/` rows): single-task test score with more steps minus "
+            f"with {settings['steps']}, paired by seed: {marks}. "
+            + (
+                f"Still gaining ({', '.join(still)}): the budget stops short of that task's "
+                "single-task plateau."
+                if still
+                else "No task gains from more steps: the budget reaches the single-task plateau."
+            )
+        )
     twins = sorted(
         {" = ".join(sorted([n, *e["same_as"]])) for n, e in summary.items() if e.get("same_as")}
     )

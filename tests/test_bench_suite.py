@@ -77,6 +77,47 @@ def test_paired_comparison_against_single_task_by_hand():
     assert "vs_single" not in suite_report.summarise(results)["single/trec"]
 
 
+def test_budget_check_by_hand():
+    # Twice the steps: TREC +0.05, +0.06, +0.04 (mean 0.05, sd 0.01; t_{0.975,2} = 4.303, half
+    # width 4.303 * 0.01 / sqrt(3) = 0.0248): still gaining. BBC -0.01, +0.01, 0: plateau.
+    results = {
+        **SINGLE,
+        "budget/trec": _runs({"trec": [0.85, 0.86, 0.84]}, move=0.0),
+        "budget/bbc_topic": _runs({"bbc_topic": [0.89, 0.91, 0.9]}, move=0.0),
+    }
+    summary = suite_report.summarise(results)
+    trec = summary["budget/trec"]["vs_budget"]
+    assert trec["mean"] == pytest.approx(0.05)
+    assert (trec["low"], trec["high"]) == pytest.approx((0.0252, 0.0748), abs=2e-4)
+    assert trec["verdict"] == "better"
+    assert summary["budget/bbc_topic"]["vs_budget"]["verdict"] == "no difference"
+    assert "vs_budget" not in summary["single/trec"]
+    # One-task rows: no comparison against single-task and never flagged as still weights.
+    assert "vs_single" not in summary["budget/trec"] and not summary["budget/trec"]["weights_still"]
+    text = suite_report.markdown(summary, run._settings("default", None, None))
+    assert "Still gaining (trec)" in text and "budget/bbc_topic" in text
+    del results["budget/trec"]
+    text = suite_report.markdown(suite_report.summarise(results), run.MODES["default"])
+    assert "No task gains" in text
+
+
+def test_patience_counts_the_same_training_per_task_in_every_row(tmp_path):
+    settings = run._settings("default", None, None)
+
+    def trainer_args(name: str) -> dict[str, int]:
+        args = run.cli_args(run.rows()[name], "default", settings, tmp_path)
+        pairs = (a.removeprefix("--trainer.").split("=") for a in args if "=" in a)
+        return {k: int(v) for k, v in pairs if k in ("max_steps", "val_check_interval")}
+
+    steps, every = settings["steps"], settings["eval_every"]
+    assert trainer_args("single/trec") == {"max_steps": steps, "val_check_interval": every}
+    # Three tasks, one task's batch per step on average: validation every 3 * eval_every steps.
+    for name in ("sampling/t2", "weighting/equal"):
+        assert trainer_args(name) == {"max_steps": 3 * steps, "val_check_interval": 3 * every}
+    # The budget check: the single-task row with twice the steps, validated as often.
+    assert trainer_args("budget/trec") == {"max_steps": 2 * steps, "val_check_interval": every}
+
+
 def test_vs_equal_verdict_floor_flag_and_still_weights():
     single = {**SINGLE, "single/bbc_topic": _runs({"bbc_topic": [0.1, 0.1, 0.1]})}
     equal = {"trec": [0.8, 0.8, 0.8], "bbc_topic": [0.1, 0.1, 0.1], "sentiment": [0.5, 0.7, 0.6]}
