@@ -1,6 +1,6 @@
 """Does multi-task pre-training help a new task? SMS spam from plain MiniLM vs the MTL checkpoint.
 
-    python -m benchmarks.transfer                 # default CPU budget (~25 min on 2 idle cores)
+    python -m benchmarks.transfer                 # default CPU budget (58 min on 2 cores)
     python -m benchmarks.transfer --smoke         # tiny encoder, toy data, seconds (tests)
     python -m benchmarks.transfer --source runs/quickstart/checkpoints/last.ckpt
 
