@@ -30,8 +30,9 @@ per task, validation every 25 steps per task. One step costs ~0.11 s (TREC alone
 (BBC alone), ~0.17 s (sentiment alone) and ~0.22 s (mixed batches) of one core (process CPU
 time, which :class:`benchmarks.recorder.RunRecorder` records for every run); a validation or test
 pass over 3 x 200 examples ~2 s. At 8a558b6 (multi-task rows validated every 25 steps, no budget
-rows) 5 seeds took 81 min on two cores (``--workers 2``; 9,093 s of training). The table's
-``2nd-half gain`` column and the budget check show whether rows reach their plateau.
+rows) 5 seeds took 81 min on two cores (``--workers 2``; 9,093 s of training); at 5ef84c8 (every
+75 steps, with the budget rows) 74 min (8,284 s of training, ~600 s of it the budget rows).
+The table's ``2nd-half gain`` column and the budget check show whether rows reach their plateau.
 ``--full`` keeps the whole model, the configs' lengths and learning rates and 1,000 steps per
 task (for a GPU); ``python -m benchmarks.suite_check`` retrains a subset on the whole model
 with this mode's other settings.
