@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
             train_row(name, "whole", settings)
         return
     extra = ["--allow-dirty"] if args.allow_dirty else []
-    parts = [_longest_first()[i :: args.workers] for i in range(args.workers)]
+    order = _longest_first()
+    parts = [order[i :: args.workers] for i in range(args.workers)]
     train_in_workers("benchmarks.suite_check", parts, extra)
     print(run(for_readme=clean))
 

@@ -200,11 +200,12 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
         f"task weight from its start; **never moved** (< {STILL_TOLERANCE}) flags a dynamic "
         "method that acted as a fixed one."
     )
-    budget = {n.split("/")[1]: e["vs_budget"] for n, e in summary.items() if "vs_budget" in e}
+    budget = {n.split("/")[1]: e for n, e in summary.items() if "vs_budget" in e}
     if budget:
-        steps = {n.split("/")[1]: e["max_steps"] for n, e in summary.items() if "vs_budget" in e}
-        marks = "; ".join(f"{t} ({steps[t]} steps) {_interval(c)}" for t, c in budget.items())
-        still = [t for t, c in budget.items() if c.get("verdict") == "better"]
+        marks = "; ".join(
+            f"{t} ({e['max_steps']} steps) {_interval(e['vs_budget'])}" for t, e in budget.items()
+        )
+        still = [t for t, e in budget.items() if e["vs_budget"].get("verdict") == "better"]
         lines.append(
             f"\nBudget check (`budget/` rows): single-task test score with more steps minus "
             f"with {settings['steps']}, paired by seed: {marks}. "
