@@ -57,7 +57,7 @@ from benchmarks.common import (
     require_clean,
     write_json_atomic,
 )
-from benchmarks.suite_rows import MODES, cli_args, rows, seed_args
+from benchmarks.suite_rows import MODES, cli_args, rows, seed_args, suite_rows
 
 CACHE = ROOT / ".mtlkit_cache" / "bench_rows"
 
@@ -162,7 +162,7 @@ def mtl_suite(
     from benchmarks import suite_report
 
     settings = _settings(mode, seeds, steps)
-    table = rows()
+    table = suite_rows(mode)
     unknown = sorted(set(only_rows or []) - set(table))
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; rows are {list(table)}")
@@ -180,7 +180,7 @@ def _train_rows_in_workers(
 ) -> None:
     """Trains the English rows in ``workers`` processes (:func:`common.train_in_workers`);
     each takes every ``workers``-th row."""
-    names = list(rows())
+    names = list(suite_rows(mode))
     extra = [f"--{k}={v}" for k, v in (("seeds", seeds), ("steps", steps)) if v is not None]
     extra += ["--full"] if mode == "full" else []
     extra += ["--allow-dirty"] if allow_dirty else []

@@ -153,6 +153,18 @@ def _interval(c: Mapping[str, Any] | None, digits: int = 3, verdict: bool = True
     return text + (f" {c['verdict']}" if verdict else "")
 
 
+def task_steps(settings: Mapping[str, Any], task: str) -> int:
+    """The single-task budget of ``task``: ``steps`` times the mode's ``task_budget`` factor."""
+    return settings["steps"] * settings.get("task_budget", {}).get(task, 1)
+
+
+def _budgets(settings: Mapping[str, Any], factor: int = 1) -> str:
+    """``100 (trec 200)``: the steps per task, and the tasks with another budget."""
+    steps = {t: task_steps(settings, t) * factor for t in PRIMARY}
+    other = ", ".join(f"{t} {n}" for t, n in steps.items() if n != settings["steps"] * factor)
+    return f"{settings['steps'] * factor}" + (f" ({other})" if other else "")
+
+
 def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> str:
     head = " | ".join(f"{t} {m}" for t, m in PRIMARY.items())
     lines = [
@@ -185,14 +197,14 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
         f"\nMiniLM-L6{f' (layers {layers})' if layers else ''}; TEST split (at most "
         f"{settings['max_eval']} examples per task) scored with the checkpoint of the best "
         f"validation `val/mean`; validation every {settings['eval_every']} steps per task "
-        f"(multi-task rows every {settings['eval_every'] * len(PRIMARY)} steps), early "
+        f"(multi-task rows about every {settings['eval_every'] * len(PRIMARY)} steps), early "
         f"stopping after {settings['patience']} validations without improvement, at most "
-        f"{settings['steps']} steps of 16 per task (multi-task rows "
-        f"{settings['steps'] * len(PRIMARY)}); `steps (best)`: steps trained and the selected "
-        "step, mean over seeds; `2nd-half gain`: how much validation `val/mean` still rose "
-        "after half the steps a run trained (its best minus its best by mid-run, mean over "
-        f"seeds; about 0 once a run has reached its plateau). {settings['seeds']} seeds; scores "
-        "mean ± std. Comparisons are "
+        f"{_budgets(settings)} steps of 16 per task (multi-task rows their sum, "
+        f"{sum(task_steps(settings, t) for t in PRIMARY)}); `steps (best)`: steps trained and "
+        "the selected step, mean over seeds; `2nd-half gain`: how much validation `val/mean` "
+        "still rose after half the steps a run trained (its best minus its best by mid-run, "
+        "mean over seeds; about 0 once a run has reached its plateau). "
+        f"{settings['seeds']} seeds; scores mean ± std. Comparisons are "
         "paired by seed (same data order and initial heads): mean difference with its 95 % "
         "Student t interval; a verdict `better`/`worse` only when the interval excludes 0. "
         "`Δ mean`: change of the mean primary metric (absolute); Δm%: mean relative change "
@@ -208,13 +220,20 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
         still = [t for t, e in budget.items() if e["vs_budget"].get("verdict") == "better"]
         lines.append(
             f"\nBudget check (`budget/` rows): single-task test score with more steps minus "
-            f"with {settings['steps']}, paired by seed: {marks}. "
+            f"with {_budgets(settings)}, paired by seed: {marks}. "
             + (
                 f"Still gaining ({', '.join(still)}): the budget stops short of that task's "
                 "single-task plateau."
                 if still
                 else "No task gains from more steps: the budget reaches the single-task plateau."
             )
+        )
+    skipped = settings.get("skip") or {}
+    if skipped:
+        lines.append(
+            "\nNot trained in this mode (the same as another row seed by seed): "
+            + "; ".join(f"{n} = {same}" for n, same in skipped.items())
+            + "."
         )
     twins = sorted(
         {" = ".join(sorted([n, *e["same_as"]])) for n, e in summary.items() if e.get("same_as")}

@@ -109,13 +109,36 @@ def test_patience_counts_the_same_training_per_task_in_every_row(tmp_path):
         pairs = (a.removeprefix("--trainer.").split("=") for a in args if "=" in a)
         return {k: int(v) for k, v in pairs if k in ("max_steps", "val_check_interval")}
 
-    steps, every = settings["steps"], settings["eval_every"]
-    assert trainer_args("single/trec") == {"max_steps": steps, "val_check_interval": every}
-    # Three tasks, one task's batch per step on average: validation every 3 * eval_every steps.
+    assert (settings["steps"], settings["eval_every"], settings["task_budget"]) == (
+        100,
+        25,
+        {"trec": 2},
+    )
+    assert trainer_args("single/bbc_topic") == {"max_steps": 100, "val_check_interval": 25}
+    assert trainer_args("single/trec") == {"max_steps": 200, "val_check_interval": 25}
+    # Three tasks, one task's batch per step on average: the sum of the single-task budgets,
+    # validated about every 3 * 25 steps (80: the divisor of 400 nearest 75).
     for name in ("sampling/t2", "weighting/equal"):
-        assert trainer_args(name) == {"max_steps": 3 * steps, "val_check_interval": 3 * every}
+        assert trainer_args(name) == {"max_steps": 400, "val_check_interval": 80}
     # The budget check: the single-task row with twice the steps, validated as often.
-    assert trainer_args("budget/trec") == {"max_steps": 2 * steps, "val_check_interval": every}
+    assert trainer_args("budget/trec") == {"max_steps": 400, "val_check_interval": 25}
+    assert trainer_args("budget/sentiment") == {"max_steps": 200, "val_check_interval": 25}
+
+
+def test_validation_interval_divides_the_budget():
+    assert suite_rows.val_interval(300, 75) == 75
+    assert suite_rows.val_interval(400, 75) == 80  # divisors 50, 80, 100: 80 is nearest
+    assert suite_rows.val_interval(100, 30) == 25  # 25 is 5 away, 20 is 10
+    assert suite_rows.val_interval(12, 5) == 4  # 4 and 6 tie at 1 away: the smaller
+    assert suite_rows.val_interval(7, 3) == 1  # a prime budget: every step
+
+
+def test_default_mode_skips_the_row_that_repeats_mgda():
+    rows, default = run.rows(), run.suite_rows("default")
+    assert set(rows) - set(default) == {"weighting/mgda_ub"}
+    assert run.suite_rows("full") == rows  # per-parameter gradients: MGDA-UB differs there
+    text = suite_report.markdown({}, run._settings("default", None, None))
+    assert "weighting/mgda_ub = weighting/mgda" in text
 
 
 def test_vs_equal_verdict_floor_flag_and_still_weights():
@@ -239,7 +262,7 @@ def test_resolved_config_is_the_merged_yaml_without_the_run_folder(tmp_path):
     assert str(tmp_path) not in text and "<tmp>/checkpoints" in text
     assert config["model"]["init_args"]["weighting"]["init_args"]["lr"] == 1.0e-2
     assert config["model"]["init_args"]["encoder"]["init_args"]["keep_layers"] == [0, 1, 2]
-    assert config["trainer"]["max_steps"] == 3 * settings["steps"]
+    assert config["trainer"]["max_steps"] == 4 * settings["steps"]  # TREC 2x, BBC, sentiment
     assert config["trainer"]["accelerator"] == "cpu"  # --full: auto
     # The CPU budget's learning rates replace the config's 1e-4 / 1e-3; embeddings frozen.
     assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 3.0e-4
