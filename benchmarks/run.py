@@ -7,17 +7,18 @@
     python -m benchmarks.run --rows single/trec,weighting/dwa --seeds 2 --steps 10 --allow-dirty
 
 The English suite is ``configs/quickstart.yaml`` (MiniLM shared by TREC, BBC topic and the
-sentiment-rating regression) plus one small override per row, trained in-process through the
-CLI. Every row trains under validation model selection: validation every ``eval_every`` steps
-per task (a multi-task row, one task's batch per step on average, every ``3 * eval_every``),
-early stopping on ``val/mean`` (the mean of the tasks' primary metrics; a single task's own
-metric) after ``patience`` validations without improvement, within a budget of ``steps`` steps
-per task (a multi-task row gets ``3 * steps``), and is scored on the TEST split with the best
-checkpoint; the steps each run used and its best step are recorded. The ``budget/<task>`` rows
-train each single-task row again with twice the steps: the report says whether the budget
-reaches the single-task plateau. Rows are compared seed by seed (:mod:`benchmarks.stats`,
-:mod:`benchmarks.suite_report`): against the single-task rows and against equal weighting,
-absolute differences and Δm%, with 95 % intervals and verdicts.
+sentiment-rating regression) plus one small override per row, trained in-process through the CLI.
+Every row trains under validation model selection: validation every ``eval_every`` steps per task
+(a multi-task row, one task's batch per step on average, about every ``3 * eval_every``, on a
+divisor of its budget), early stopping on ``val/mean`` (the mean of the tasks' primary metrics; a
+single task's own metric) after ``patience`` validations without improvement, within a budget of
+``steps`` steps per task times the mode's ``task_budget`` factor (a multi-task row gets the sum of
+its tasks' budgets), and is scored on the TEST split with the best checkpoint; the steps each run
+used and its best step are recorded. The ``budget/<task>`` rows train each single-task row again
+with twice the steps: the report says whether the budget reaches the single-task plateau. Rows are
+compared seed by seed (:mod:`benchmarks.stats`, :mod:`benchmarks.suite_report`): against the
+single-task rows and against equal weighting, absolute differences and Δm%, with 95 % intervals and
+verdicts.
 
 Provenance: a row's finished runs are cached under a key of the commit, the row's resolved
 config (the CLI's ``--print_config`` text, hashed) and the settings; the suite refuses a dirty
@@ -25,17 +26,18 @@ tree unless ``--allow-dirty`` (then, like any partial run, the results are ``for
 false`` and the README is left alone).
 
 Default mode (CPU): MiniLM-L6's lower three layers (``HFEncoder(keep_layers=[0, 1, 2])``) with
-frozen embeddings, short sequences, peak learning rates 3e-4 / 3e-3 (heads), at most 100 steps
-per task, validation every 25 steps per task. One step costs ~0.11 s (TREC alone), ~0.22 s
-(BBC alone), ~0.17 s (sentiment alone) and ~0.22 s (mixed batches) of one core (process CPU
+frozen embeddings, short sequences, peak learning rates 3e-4 / 3e-3 (heads), at most 100 steps per
+task and 200 for TREC (400 in a multi-task row), validation every 25 steps per task; the MGDA-UB
+row is skipped (on the shared representation it is MGDA). One step costs ~0.11 s (TREC alone),
+~0.22 s (BBC alone), ~0.17 s (sentiment alone) and ~0.22 s (mixed batches) of one core (process CPU
 time, which :class:`benchmarks.recorder.RunRecorder` records for every run); a validation or test
 pass over 3 x 200 examples ~2 s. At 8a558b6 (multi-task rows validated every 25 steps, no budget
-rows) 5 seeds took 81 min on two cores (``--workers 2``; 9,093 s of training); at 5ef84c8 (every
-75 steps, with the budget rows) 74 min (8,284 s of training, ~600 s of it the budget rows).
-The table's ``2nd-half gain`` column and the budget check show whether rows reach their plateau.
-``--full`` keeps the whole model, the configs' lengths and learning rates and 1,000 steps per
-task (for a GPU); ``python -m benchmarks.suite_check`` retrains a subset on the whole model
-with this mode's other settings.
+rows) 5 seeds took 81 min on two cores (``--workers 2``; 9,093 s of training); at 5ef84c8 (every 75
+steps, with the budget rows) 74 min (8,284 s of training, ~600 s of it the budget rows). The
+table's ``2nd-half gain`` column and the budget check show whether rows reach their plateau.
+``--full`` keeps the whole model, the configs' lengths and learning rates and 1,000 steps per task
+(for a GPU); ``python -m benchmarks.suite_check`` retrains a subset on the whole model with this
+mode's other settings.
 """
 
 from __future__ import annotations
