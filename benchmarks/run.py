@@ -33,11 +33,12 @@ row is skipped (on the shared representation it is MGDA). One step costs ~0.11 s
 time, which :class:`benchmarks.recorder.RunRecorder` records for every run); a validation or test
 pass over 3 x 200 examples ~2 s. At 8a558b6 (multi-task rows validated every 25 steps, no budget
 rows) 5 seeds took 81 min on two cores (``--workers 2``; 9,093 s of training); at 5ef84c8 (every 75
-steps, with the budget rows) 74 min (8,284 s of training, ~600 s of it the budget rows). The
-table's ``2nd-half gain`` column and the budget check show whether rows reach their plateau.
-``--full`` keeps the whole model, the configs' lengths and learning rates and 1,000 steps per task
-(for a GPU); ``python -m benchmarks.suite_check`` retrains a subset on the whole model with this
-mode's other settings.
+steps, with the budget rows) 74 min (8,284 s of training, ~600 s of it the budget rows); at bb0961c
+(TREC 200 steps, multi-task rows 400, no MGDA-UB row) 88 min (10,376 s of training and testing,
+~650 s of it the budget rows). The table's ``2nd-half gain`` column and the budget check show
+whether rows reach their plateau. ``--full`` keeps the whole model, the configs' lengths and
+learning rates and 1,000 steps per task (for a GPU); ``python -m benchmarks.suite_check`` retrains
+a subset on the whole model with this mode's other settings.
 """
 
 from __future__ import annotations

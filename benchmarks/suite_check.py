@@ -4,7 +4,7 @@ else, sequences, learning rates, budget and selection, as the default CPU mode),
 the default mode's results (``results/mtl_suite.json``) on the same seeds: each row's verdicts
 against single-task and against equal weighting, and the two published findings.
 
-    python -m benchmarks.suite_check        # ~30 min on two cores (3 seeds, 8 rows)
+    python -m benchmarks.suite_check        # ~33 min on two cores (3 seeds, 8 rows)
 
 The reference file must be clean and for the README, and its library (``mtlkit/``, configs,
 pins) identical to ``HEAD``'s, so both sides measure the same code. Writes
