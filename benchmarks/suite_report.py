@@ -158,11 +158,14 @@ def task_steps(settings: Mapping[str, Any], task: str) -> int:
     return settings["steps"] * settings.get("task_budget", {}).get(task, 1)
 
 
-def _budgets(settings: Mapping[str, Any], factor: int = 1) -> str:
+def _budgets(settings: Mapping[str, Any]) -> str:
     """``100 (trec 200)``: the steps per task, and the tasks with another budget."""
-    steps = {t: task_steps(settings, t) * factor for t in PRIMARY}
-    other = ", ".join(f"{t} {n}" for t, n in steps.items() if n != settings["steps"] * factor)
-    return f"{settings['steps'] * factor}" + (f" ({other})" if other else "")
+    other = ", ".join(
+        f"{t} {task_steps(settings, t)}"
+        for t in PRIMARY
+        if task_steps(settings, t) != settings["steps"]
+    )
+    return f"{settings['steps']}" + (f" ({other})" if other else "")
 
 
 def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> str:

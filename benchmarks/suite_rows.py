@@ -214,7 +214,7 @@ def cli_args(row: dict[str, Any], mode: str, settings: dict[str, Any], tmp: Path
     # A multi-task row trains the sum of its tasks' single-task budgets.
     total = sum(task_steps(settings, t) for t in tasks) * row.get("budget", 1)
     # Validation every ``eval_every`` steps per task: a multi-task row (one task's batch per
-    # step on average) validates every ``eval_every * n_tasks`` steps, so that patience counts
+    # step on average) validates about every ``eval_every * tasks`` steps, so patience counts
     # the same training per task in every row (counted in multi-task steps it stopped 7 of 95
     # multi-task runs at 8a558b6 after 25 steps per task without a gain, each its row's worst).
     interval = val_interval(total, settings["eval_every"] * len(tasks))
