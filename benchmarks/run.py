@@ -25,7 +25,7 @@ config (the CLI's ``--print_config`` text, hashed) and the settings; the suite r
 tree unless ``--allow-dirty`` (then, like any partial run, the results are ``for_readme:
 false`` and the README is left alone).
 
-Default mode (CPU): MiniLM-L6's lower three layers (``HFEncoder(keep_layers=[0, 1, 2])``) with
+Default mode (CPU): MiniLM-L6's lower two layers (``HFEncoder(keep_layers=[0, 1])``) with
 frozen embeddings, short sequences, peak learning rates 3e-4 / 3e-3 (heads), at most 100 steps per
 task and 200 for TREC (400 in a multi-task row), validation every 25 steps per task; the MGDA-UB
 row is skipped (on the shared representation it is MGDA). One step costs ~0.11 s (TREC alone),
@@ -60,7 +60,7 @@ from benchmarks.common import (
     require_clean,
     write_json_atomic,
 )
-from benchmarks.suite_rows import MODES, cli_args, rows, seed_args, suite_rows
+from benchmarks.suite_rows import MODES, cli_args, deal, row_cost, rows, seed_args, suite_rows
 
 CACHE = ROOT / ".mtlkit_cache" / "bench_rows"
 
@@ -181,14 +181,15 @@ def mtl_suite(
 def _train_rows_in_workers(
     workers: int, mode: str, seeds: int | None, steps: int | None, allow_dirty: bool
 ) -> None:
-    """Trains the English rows in ``workers`` processes (:func:`common.train_in_workers`);
-    each takes every ``workers``-th row."""
-    names = list(suite_rows(mode))
+    """Trains the English rows in ``workers`` processes (:func:`common.train_in_workers`),
+    dealt by their cost (:func:`benchmarks.suite_rows.deal`)."""
+    settings = _settings(mode, seeds, steps)
+    costs = {n: row_cost(r, settings) for n, r in suite_rows(mode).items()}
     extra = [f"--{k}={v}" for k, v in (("seeds", seeds), ("steps", steps)) if v is not None]
     extra += ["--full"] if mode == "full" else []
     extra += ["--allow-dirty"] if allow_dirty else []
     extra += ["--only", "mtl", "--no-summary", "--workers=1"]
-    common.train_in_workers("benchmarks.run", [names[i::workers] for i in range(workers)], extra)
+    common.train_in_workers("benchmarks.run", deal(costs, workers), extra)
 
 
 def main(argv: list[str] | None = None) -> None:

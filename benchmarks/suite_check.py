@@ -23,6 +23,7 @@ from benchmarks import findings, suite_report
 from benchmarks.common import RESULTS, require_clean, train_in_workers, write_result
 from benchmarks.run import _settings, train_row
 from benchmarks.suite_report import _interval
+from benchmarks.suite_rows import MODES
 from benchmarks.update_readme import library_changes
 
 #: Single-task baselines, proportional against T = 5 mixing (the first finding), equal
@@ -97,8 +98,10 @@ def compare(cpu: Runs, whole: Runs) -> dict[str, Any]:
 
 def markdown(result: Mapping[str, Any], seeds: int) -> str:
     cpu, whole = result["rows"]["cpu"], result["rows"]["whole"]
+    kept = MODES["default"]["keep_layers"]
+    layers = f"{len(kept)} layers"
     lines = [
-        "| row | mean, 3 layers | vs single | vs equal | mean, 6 layers | vs single | vs equal |",
+        f"| row | mean, {layers} | vs single | vs equal | mean, 6 layers | vs single | vs equal |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in whole:
@@ -111,8 +114,8 @@ def markdown(result: Mapping[str, Any], seeds: int) -> str:
     agree = result["agree"]
     differ = [k for k, same in agree.items() if not same]
     lines.append(
-        f"\n{seeds} seeds (the same seeds on both sides), paired 95 % t intervals. 3 layers: the "
-        "CPU suite (MiniLM-L6's layers [0, 1, 2], frozen embeddings); 6 layers: the whole "
+        f"\n{seeds} seeds (the same seeds on both sides), paired 95 % t intervals. {layers}: "
+        f"the CPU suite (MiniLM-L6's layers {kept}, frozen embeddings); 6 layers: the whole "
         "encoder, embeddings trained; sequences, learning rates, budget and model selection "
         f"as the CPU suite. Verdicts that agree: {sum(agree.values())} of {len(agree)}"
         + (f"; they differ for {', '.join(differ)}." if differ else ".")
@@ -123,7 +126,7 @@ def markdown(result: Mapping[str, Any], seeds: int) -> str:
     ):
         a, b = result["findings"]["cpu"][key], result["findings"]["whole"][key]
         lines.append(
-            f"\n{title}: 3 layers **{(a or {}).get('status')}**, "
+            f"\n{title}: {layers} **{(a or {}).get('status')}**, "
             f"6 layers **{(b or {}).get('status')}**."
         )
     return "\n".join(lines) + "\n"

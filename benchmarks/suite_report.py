@@ -17,10 +17,10 @@ from benchmarks.recorder import STILL_TOLERANCE, plot_trajectories
 PRIMARY = {"trec": "accuracy", "bbc_topic": "accuracy", "sentiment": "pearson"}
 FLOOR = DELTA_M_FLOOR
 #: Rows whose weights are constant by design (not flagged when they never move).
-FIXED = {"weighting/equal", "weighting/static"}
-#: Row prefixes of one task: the single-task rows and the budget check (the same rows with
-#: more steps, see :func:`budget_check`).
-ONE_TASK = ("single/", "budget/")
+FIXED = {"weighting/equal", "weighting/static", "budget/equal"}
+#: Row prefixes without a weighting method: the single-task rows, the budget check (rows
+#: trained again with more steps, see :func:`budget_check`) and the sampling rows.
+UNWEIGHTED = ("single/", "budget/", "sampling/")
 Runs = Mapping[str, list[dict[str, Any]]]
 
 
@@ -91,7 +91,7 @@ def summarise(results: Runs) -> dict[str, dict[str, Any]]:
             "max_weight_move": max(r["max_weight_move"] for r in runs),
             "seconds": statistics.fmean(r["seconds"] for r in runs),
         }
-        multi = not name.startswith(ONE_TASK)
+        multi = len(tasks) > 1
         entry["weights_still"] = (
             multi and name not in FIXED and (entry["max_weight_move"] < STILL_TOLERANCE)
         )
@@ -111,15 +111,20 @@ def summarise(results: Runs) -> dict[str, dict[str, Any]]:
 
 
 def budget_check(results: Runs) -> dict[str, dict[str, Any]]:
-    """Per task with a ``budget/<task>`` row: its test score (more steps) minus the single-task
-    row's, paired by seed. A budget that reaches the single-task plateau shows no gain: the
-    interval holds 0 or lies below it."""
-    single = _single(results)
-    return {
-        t: stats.paired(_scores(results[f"budget/{t}"], t), single[t]).as_dict()
-        for t in single
-        if f"budget/{t}" in results
-    }
+    """Per ``budget/<name>`` row: its test score (more steps) minus that of the row it trains
+    again (``single/<task>``, or ``weighting/<method>`` for a multi-task row: the mean primary
+    metric), paired by seed. A budget that reaches the plateau shows no gain: the interval
+    holds 0 or lies below it."""
+    out = {}
+    for name, runs in results.items():
+        if not name.startswith("budget/"):
+            continue
+        key = name.split("/", 1)[1]
+        base = results.get(f"single/{key}" if key in PRIMARY else f"weighting/{key}")
+        if base:
+            tasks = [t for t in PRIMARY if t in runs[0]["test"]]
+            out[key] = stats.paired(_mean_score(runs, tasks), _mean_score(base, tasks)).as_dict()
+    return out
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:
@@ -180,7 +185,7 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
         vs = e.get("vs_single", {})
         weights = (
             "fixed"
-            if name in FIXED or name.startswith((*ONE_TASK, "sampling/"))
+            if name in FIXED or name.startswith(UNWEIGHTED)
             else "**never moved**"
             if e["weights_still"]
             else f"moved {e['max_weight_move']:.3g}"
@@ -215,21 +220,20 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
         f"task weight from its start; **never moved** (< {STILL_TOLERANCE}) flags a dynamic "
         "method that acted as a fixed one."
     )
-    budget = {n.split("/")[1]: e for n, e in summary.items() if "vs_budget" in e}
-    if budget:
-        marks = "; ".join(
-            f"{t} ({e['max_steps']} steps) {_interval(e['vs_budget'])}" for t, e in budget.items()
-        )
-        still = [t for t, e in budget.items() if e["vs_budget"].get("verdict") == "better"]
+    budget = {n.split("/", 1)[1]: e for n, e in summary.items() if "vs_budget" in e}
+    single = {t: e for t, e in budget.items() if t in PRIMARY}
+    if single:
         lines.append(
             f"\nBudget check (`budget/` rows): single-task test score with more steps minus "
-            f"with {_budgets(settings)}, paired by seed: {marks}. "
-            + (
-                f"Still gaining ({', '.join(still)}): the budget stops short of that task's "
-                "single-task plateau."
-                if still
-                else "No task gains from more steps: the budget reaches the single-task plateau."
-            )
+            f"with {_budgets(settings)}, paired by seed: {_budget_marks(single)}. "
+            + _budget_verdict(single, "task", "single-task")
+        )
+    multi = {t: e for t, e in budget.items() if t not in PRIMARY}
+    if multi:
+        lines.append(
+            "\nMulti-task budget check: the mean primary metric with more steps minus "
+            f"the row's own ({sum(task_steps(settings, t) for t in PRIMARY)} steps), paired by "
+            f"seed: {_budget_marks(multi)}. " + _budget_verdict(multi, "row", "multi-task")
         )
     skipped = settings.get("skip") or {}
     if skipped:
@@ -251,6 +255,22 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
             "read the absolute differences."
         )
     return "\n".join(lines) + "\n"
+
+
+def _budget_marks(budget: Mapping[str, Mapping[str, Any]]) -> str:
+    return "; ".join(
+        f"{t} ({e['max_steps']} steps) {_interval(e['vs_budget'])}" for t, e in budget.items()
+    )
+
+
+def _budget_verdict(budget: Mapping[str, Mapping[str, Any]], what: str, kind: str) -> str:
+    still = [t for t, e in budget.items() if e["vs_budget"].get("verdict") == "better"]
+    if still:
+        return (
+            f"Still gaining ({', '.join(still)}): the budget stops short of that {what}'s "
+            f"{kind} plateau."
+        )
+    return f"No {what} gains from more steps: the budget reaches the {kind} plateau."
 
 
 def plot(summary: dict[str, dict[str, Any]], path: Path) -> None:

@@ -101,6 +101,29 @@ def test_budget_check_by_hand():
     assert "No task gains" in text
 
 
+def test_multi_task_budget_check_by_hand():
+    # Equal weighting with twice the steps against its own row, the mean of the three primary
+    # metrics per seed: seed 0 (0.03 + 0 + 0) / 3 = 0.01, seed 1 0.02, seed 2 0 -> mean 0.01,
+    # sd 0.01, half width 4.303 * 0.01 / sqrt(3) = 0.0248: no difference.
+    equal = {"trec": [0.80, 0.80, 0.80], "bbc_topic": [0.9] * 3, "sentiment": [0.6] * 3}
+    longer = {"trec": [0.83, 0.86, 0.80], "bbc_topic": [0.9] * 3, "sentiment": [0.6] * 3}
+    results = {
+        **SINGLE,
+        "weighting/equal": _runs(equal, move=0.0),
+        "budget/equal": _runs(longer, move=0.0),
+    }
+    summary = suite_report.summarise(results)
+    check = summary["budget/equal"]["vs_budget"]
+    assert check["mean"] == pytest.approx(0.01)
+    assert (check["low"], check["high"]) == pytest.approx((-0.0148, 0.0348), abs=2e-4)
+    assert check["verdict"] == "no difference"
+    # A multi-task row: compared with single-task too; its fixed weights are not flagged.
+    assert "vs_single" in summary["budget/equal"] and not summary["budget/equal"]["weights_still"]
+    text = suite_report.markdown(summary, run._settings("default", None, None))
+    assert "Multi-task budget check" in text and "No row gains" in text
+    assert "Budget check (`budget/` rows)" not in text  # no single-task budget rows here
+
+
 def test_patience_counts_the_same_training_per_task_in_every_row(tmp_path):
     settings = run._settings("default", None, None)
 
@@ -123,6 +146,25 @@ def test_patience_counts_the_same_training_per_task_in_every_row(tmp_path):
     # The budget check: the single-task row with twice the steps, validated as often.
     assert trainer_args("budget/trec") == {"max_steps": 400, "val_check_interval": 25}
     assert trainer_args("budget/sentiment") == {"max_steps": 200, "val_check_interval": 25}
+    # ... and equal weighting's multi-task row: 800 steps, every 80 (divisors 50, 80, 100).
+    assert trainer_args("budget/equal") == {"max_steps": 800, "val_check_interval": 80}
+    assert "--data.init_args.batch_mode=mixed" in run.cli_args(
+        run.rows()["budget/equal"], "default", settings, tmp_path
+    )
+
+
+def test_rows_are_dealt_longest_first_to_the_least_loaded_worker():
+    # By hand: 10 -> w0, 8 -> w1, 6 -> w1 (8 < 10), 5 -> w0 (10 < 14): loads 15 and 14.
+    assert suite_rows.deal({"c": 6, "a": 10, "d": 5, "b": 8}, 2) == [["a", "d"], ["b", "c"]]
+    settings = run._settings("default", None, None)
+    costs = {n: suite_rows.row_cost(r, settings) for n, r in run.suite_rows("default").items()}
+    assert costs["budget/equal"] == 2 * costs["weighting/equal"] == 2 * 1.5 * 400
+    assert costs["single/bbc_topic"] == 100 and costs["sampling/t2"] == 400
+    parts = suite_rows.deal(costs, 2)
+    assert sorted(sum(parts, [])) == sorted(costs)
+    loads = [sum(costs[n] for n in p) for p in parts]
+    # Every row dealt once; the loads differ by less than the smallest row.
+    assert abs(loads[0] - loads[1]) <= min(costs.values())
 
 
 def test_validation_interval_divides_the_budget():
@@ -219,7 +261,7 @@ def test_override_files_select_tasks_cut_lengths_and_layers(tmp_path):
     assert tasks[0]["init_args"]["max_length"] == 64
     (encoder,) = [a for a in args if a.endswith("encoder.yaml")]
     keep = yaml.safe_load(Path(encoder).read_text())["model"]["init_args"]["encoder"]
-    assert keep == {"init_args": {"keep_layers": [0, 1, 2]}}
+    assert keep == {"init_args": {"keep_layers": [0, 1]}}
     args = suite_rows._override_files(run.rows()["sampling/t5"], tmp_path, {})
     assert not any(a.endswith("encoder.yaml") for a in args)  # --full: the whole model
     override = yaml.safe_load(Path(args[-1]).read_text())["data"]["init_args"]["sampling"]
@@ -261,7 +303,7 @@ def test_resolved_config_is_the_merged_yaml_without_the_run_folder(tmp_path):
     config = yaml.safe_load(text)
     assert str(tmp_path) not in text and "<tmp>/checkpoints" in text
     assert config["model"]["init_args"]["weighting"]["init_args"]["lr"] == 1.0e-2
-    assert config["model"]["init_args"]["encoder"]["init_args"]["keep_layers"] == [0, 1, 2]
+    assert config["model"]["init_args"]["encoder"]["init_args"]["keep_layers"] == [0, 1]
     assert config["trainer"]["max_steps"] == 4 * settings["steps"]  # TREC 2x, BBC, sentiment
     assert config["trainer"]["accelerator"] == "cpu"  # --full: auto
     # The CPU budget's learning rates replace the config's 1e-4 / 1e-3; embeddings frozen.
