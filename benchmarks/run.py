@@ -15,7 +15,8 @@ single task's own metric) after ``patience`` validations without improvement, wi
 ``steps`` steps per task times the mode's ``task_budget`` factor (a multi-task row gets the sum of
 its tasks' budgets), and is scored on the TEST split with the best checkpoint; the steps each run
 used and its best step are recorded. The ``budget/<task>`` rows train each single-task row again
-with twice the steps: the report says whether the budget reaches the single-task plateau. Rows are
+with twice the steps, and ``budget/equal`` equal weighting's multi-task row: the report says
+whether the budgets reach the single-task and the multi-task plateau. Rows are
 compared seed by seed (:mod:`benchmarks.stats`, :mod:`benchmarks.suite_report`): against the
 single-task rows and against equal weighting, absolute differences and Δm%, with 95 % intervals and
 verdicts.
@@ -25,7 +26,7 @@ config (the CLI's ``--print_config`` text, hashed) and the settings; the suite r
 tree unless ``--allow-dirty`` (then, like any partial run, the results are ``for_readme:
 false`` and the README is left alone).
 
-Default mode (CPU): MiniLM-L6's lower two layers (``HFEncoder(keep_layers=[0, 1])``) with
+Default mode (CPU): MiniLM-L6's lower three layers (``HFEncoder(keep_layers=[0, 1, 2])``) with
 frozen embeddings, short sequences, peak learning rates 3e-4 / 3e-3 (heads), at most 100 steps per
 task and 200 for TREC (400 in a multi-task row), validation every 25 steps per task; the MGDA-UB
 row is skipped (on the shared representation it is MGDA). One step costs ~0.11 s (TREC alone),
@@ -35,10 +36,13 @@ pass over 3 x 200 examples ~2 s. At 8a558b6 (multi-task rows validated every 25 
 rows) 5 seeds took 81 min on two cores (``--workers 2``; 9,093 s of training); at 5ef84c8 (every 75
 steps, with the budget rows) 74 min (8,284 s of training, ~600 s of it the budget rows); at bb0961c
 (TREC 200 steps, multi-task rows 400, no MGDA-UB row) 88 min (10,376 s of training and testing,
-~650 s of it the budget rows). The table's ``2nd-half gain`` column and the budget check show
-whether rows reach their plateau. ``--full`` keeps the whole model, the configs' lengths and
-learning rates and 1,000 steps per task (for a GPU); ``python -m benchmarks.suite_check`` retrains
-a subset on the whole model with this mode's other settings.
+~650 s of it the budget rows); at ce6537b (two layers, sentiment cut to 32 tokens, with
+``budget/equal``, rows dealt to the workers by cost) 68 min, short of the plateaus
+(``results/experiments/suite_2layers_ce6537b.md``). The table's ``2nd-half gain`` column and
+the budget check show whether rows reach their plateau. ``--full`` keeps the whole model, the
+configs' lengths and learning rates and 1,000 steps per task (for a GPU);
+``python -m benchmarks.suite_check`` retrains a subset on the whole model with this mode's other
+settings.
 """
 
 from __future__ import annotations

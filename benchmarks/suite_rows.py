@@ -15,10 +15,9 @@ from mtlkit.testing.methods import MethodConfig, weighting_methods
 
 BASE = CONFIGS / "quickstart.yaml"
 MODES: dict[str, dict[str, Any]] = {
-    # CPU budget: the encoder's lower two layers with frozen embeddings (their 11.7M
-    # parameters are three quarters of what those layers would train), sequences cut to 32
-    # tokens (a BBC article's topic is clear from its title and first line; 80 % of the
-    # sentiment snippets fit), gradient methods aggregating on
+    # CPU budget: the encoder's lower three layers with frozen embeddings (their 11.7M
+    # parameters are two thirds of what those layers would train), sequences cut (a BBC
+    # article's topic is clear from its title and first line), gradient methods aggregating on
     # the shared representation (on this CPU per-parameter gradients, one backward per task,
     # cost 3-5x a step). Peak learning rates 3e-4 (encoder) and 3e-3 (heads), decayed linearly
     # over the run: learning curves of one seed at 100-150 steps per task put single-task TREC at
@@ -38,12 +37,12 @@ MODES: dict[str, dict[str, Any]] = {
         "patience": 3,
         "seeds": 5,
         "max_eval": 200,
-        # A mixed batch is padded to its longest sub-batch (with 8 sentiment snippets of 16,
-        # one is longer than 32 tokens in 83 % of steps). A step of 16 costs 0.29 s at 48
-        # tokens, 0.20 s at 32, 0.12 s at 16 (3 layers, 1 thread); mixed steps averaged
-        # 0.22 s in the suite at bb0961c, which took 88 min with three layers and 48 tokens.
-        "max_length": {"trec": 32, "bbc_topic": 32, "sentiment": 32},
-        "keep_layers": [0, 1],
+        # Two layers and sentiment at 32 tokens took 68 min instead of 88 (ce6537b,
+        # results/experiments/suite_2layers_ce6537b.md) but fell short of the plateaus:
+        # sentiment gained +0.057 [+0.028, +0.086] from 200 steps (Pearson 0.736 at 100,
+        # 0.796 here at bb0961c), equal weighting +0.030 [+0.020, +0.039] from 800.
+        "max_length": {"trec": 32, "bbc_topic": 32, "sentiment": 48},
+        "keep_layers": [0, 1, 2],
         "freeze_embeddings": True,
         "lr": 3.0e-4,
         "head_lr": 3.0e-3,

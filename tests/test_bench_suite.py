@@ -261,7 +261,7 @@ def test_override_files_select_tasks_cut_lengths_and_layers(tmp_path):
     assert tasks[0]["init_args"]["max_length"] == 64
     (encoder,) = [a for a in args if a.endswith("encoder.yaml")]
     keep = yaml.safe_load(Path(encoder).read_text())["model"]["init_args"]["encoder"]
-    assert keep == {"init_args": {"keep_layers": [0, 1]}}
+    assert keep == {"init_args": {"keep_layers": [0, 1, 2]}}
     args = suite_rows._override_files(run.rows()["sampling/t5"], tmp_path, {})
     assert not any(a.endswith("encoder.yaml") for a in args)  # --full: the whole model
     override = yaml.safe_load(Path(args[-1]).read_text())["data"]["init_args"]["sampling"]
@@ -303,7 +303,7 @@ def test_resolved_config_is_the_merged_yaml_without_the_run_folder(tmp_path):
     config = yaml.safe_load(text)
     assert str(tmp_path) not in text and "<tmp>/checkpoints" in text
     assert config["model"]["init_args"]["weighting"]["init_args"]["lr"] == 1.0e-2
-    assert config["model"]["init_args"]["encoder"]["init_args"]["keep_layers"] == [0, 1]
+    assert config["model"]["init_args"]["encoder"]["init_args"]["keep_layers"] == [0, 1, 2]
     assert config["trainer"]["max_steps"] == 4 * settings["steps"]  # TREC 2x, BBC, sentiment
     assert config["trainer"]["accelerator"] == "cpu"  # --full: auto
     # The CPU budget's learning rates replace the config's 1e-4 / 1e-3; embeddings frozen.
