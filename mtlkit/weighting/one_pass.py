@@ -133,7 +133,8 @@ class OnePassGramian:
                 "gramian='explicit'"
             )
         gram = torch.zeros(len(names), len(names), device=total.device)
-        with torch.no_grad():  # closed forms on the recorded inputs: no graph of their own
+        # Closed forms on the recorded inputs: no graph of their own, float32 under autocast.
+        with torch.no_grad(), torch.autocast(total.device.type, enabled=False):
             for call, grad in zip(calls, grads, strict=True):
                 if grad is None:
                     continue
@@ -155,7 +156,8 @@ class OnePassGramian:
             raise RuntimeError("OnePassGramian.gradients needs a gramian() of this step first")
         calls, grads, names, rows, scale = self._kept
         out: dict[nn.Parameter, Tensor] = {}
-        with torch.no_grad():
+        device = next((g.device for g in grads if g is not None), torch.device("cpu"))
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             for call, grad in zip(calls, grads, strict=True):
                 if grad is None:
                     continue
