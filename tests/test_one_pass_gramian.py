@@ -227,3 +227,21 @@ def test_a_module_run_without_gradients_is_refused_not_missed():
     losses = {"a": out[:3].square().sum(), "b": out[3:].sum()}
     with pytest.raises(ConfigError, match="Linear of the encoder ran without gradients"):
         engine.gramian(losses, shared, rows)
+
+
+def test_a_step_that_names_no_other_parameters_keeps_its_own_backward_pass():
+    """Without ``other_parameters`` (a caller that does not say which parameters the heads
+    are) the one-pass Gramian still gives the weights, and the step's loss back-propagates as
+    usual: the heads get their gradients, equal to the explicit path's."""
+    grads = {}
+    for mode in ("explicit", "one_pass"):
+        model, subs = _model(GradientWeighting(UPGrad(), gramian=mode), tasks=3)
+        for step in range(2):
+            model.zero_grad()
+            torch.manual_seed(step)
+            losses, ctx = _losses_and_ctx(model, subs)
+            model.weighting(losses, ctx).loss.backward()
+        grads[mode] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    for name, value in grads["explicit"].items():
+        assert grads["one_pass"][name] is not None, name
+        torch.testing.assert_close(grads["one_pass"][name], value, rtol=1e-4, atol=1e-7, msg=name)

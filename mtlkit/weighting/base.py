@@ -38,7 +38,7 @@ class StepContext:
             hook it), or None.
         other_parameters: The trainable parameters outside the shared module (the task
             heads), for methods that take the step's whole gradient themselves
-            (``gramian="one_pass"``).
+            (``gramian="one_pass"``); None (unknown) keeps the step's own backward pass.
         encoder_rows: Task -> its rows ``(start, stop)`` of the batch the shared module ran
             over in this step (``gramian="one_pass"``).
         gradients: The step's per-task gradients (:class:`TaskGradients`), taken at most once:
@@ -58,7 +58,7 @@ class StepContext:
     gradients: TaskGradients = field(default_factory=TaskGradients)
     shared_module: nn.Module | None = None
     encoder_rows: Mapping[str, tuple[int, int]] = field(default_factory=dict)
-    other_parameters: Callable[[], list[nn.Parameter]] = field(default=lambda: [])
+    other_parameters: Callable[[], list[nn.Parameter]] | None = None
 
 
 @dataclass

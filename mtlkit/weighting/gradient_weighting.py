@@ -101,6 +101,7 @@ class GradientWeighting(Weighting):
                 "working on the parameters"
             )
         self.gramian = gramian
+        self._fast = False  # this step's update was taken by the one-pass engine
         self._engine: AutogramGramian | OnePassGramian | None = (
             AutogramGramian()
             if gramian == "autogram"
@@ -122,7 +123,7 @@ class GradientWeighting(Weighting):
         weights = {t: w.to(device) for t, w in result.weights_by_task.items() if t in losses}
         if self.head_gradients == "weighted":
             return WeightedLoss(self.weighted_sum(losses, weights), weights)
-        if isinstance(self._engine, OnePassGramian) and self._engine.has_gradients:
+        if isinstance(self._engine, OnePassGramian) and self._fast and self._engine.has_gradients:
             # The update is taken already (no second backward pass through the encoder).
             value = self.weighted_sum(losses, ones)
             return WeightedLoss(precomputed_loss(value, self._engine.gradients(weights)), weights)
@@ -182,6 +183,7 @@ class GradientWeighting(Weighting):
     def _engine_gramian(self, losses: Mapping[str, Tensor], ctx: StepContext) -> Tensor | None:
         """The present tasks' Gramian from the one-pass or autogram engine (None in the step
         that builds it, or with fewer than two local tasks: then the explicit path decides)."""
+        self._fast = False
         probe = torch.zeros(1)
         if ctx.all_reduce_mean(probe) is not probe:
             raise ConfigError(
@@ -198,10 +200,14 @@ class GradientWeighting(Weighting):
         scale = float(ctx.loss_scale)
         if isinstance(self._engine, OnePassGramian):
             present = {t: losses[t] for t in local}
-            # With unweighted heads the same backward pass gives the heads' gradients too.
-            others = ctx.other_parameters() if self.head_gradients == "unweighted" else ()
+            # With unweighted heads the same backward pass gives the heads' gradients too
+            # (when the step names them: otherwise its own backward pass runs as usual).
+            fast = ctx.other_parameters is not None and self.head_gradients == "unweighted"
+            others = ctx.other_parameters() if fast and ctx.other_parameters else []
             rows = ctx.encoder_rows
-            return self._engine.gramian(present, ctx.shared_module, rows, scale, others)
+            gram = self._engine.gramian(present, ctx.shared_module, rows, scale, others)
+            self._fast = fast and gram is not None
+            return gram
         assert self._engine is not None
         vector = torch.stack([losses[t] for t in local])
         return self._engine.gramian(vector, ctx.shared_module, scale)
