@@ -2,12 +2,13 @@
 
     python -m benchmarks.weighting_overhead            # tiny encoder and the packaged MiniLM
     python -m benchmarks.weighting_overhead --quick    # tiny encoder only
-    python -m benchmarks.weighting_overhead --autogram # explicit vs autogram Gramian, tiny encoder
+    python -m benchmarks.weighting_overhead --gramian  # explicit, one-pass, autogram Gramians
 
 Every config of ``configs/weighting/`` (gradient methods on the shared representation and on the
-parameters, with both encoders; the parameters' 1.5x target at 8 tasks is issue 12's aim). Same
-batches for every method (mixed batches: every task in every step), 2, 4 and 8 tasks; one step =
-forward, the method, backward, optimizer step.
+parameters, with both encoders; the parameters' 1.5x target at 8 tasks is issue 12's aim: the
+Gramian-based methods also with ``gramian: one_pass``). Same batches for every method (mixed
+batches: every task in every step), 2, 4 and 8 tasks; one step = forward, the method, backward,
+optimizer step.
 Methods are timed in interleaved rounds (a new method order every round); a method's overhead is
 the median over rounds of its time divided by equal weighting's time in the same round, with a
 95 % percentile bootstrap interval of that median (:func:`benchmarks.stats.paired_ratio`), and a
@@ -15,11 +16,12 @@ target counts as ``met`` only when the whole interval lies at or below it (``not
 lies above, ``inconclusive`` when it straddles it). Writes
 ``benchmarks/results/weighting_overhead.{json,md}`` with every round's times and the settings.
 
-``--autogram`` compares, on the tiny encoder, the Gramian-based configs on the parameters with
-``gramian: explicit`` (T backward passes, ``[T, P]`` gradients) and ``gramian: autogram``
-(torchjd's engine): the Gramians' relative difference, and the per-step time of each against
-equal weighting in interleaved rounds, with the paired per-round ratio autogram / explicit
-(min, median, max over the rounds). It prints the numbers and writes nothing.
+``--gramian`` compares, at 8 tasks on both encoders (``--quick``: the tiny one), ``--methods``
+on the parameters with each way of taking the Gramian (``--modes``): ``explicit`` (T backward
+passes, ``[T, P]`` gradients), ``one_pass`` (:mod:`mtlkit.weighting.one_pass`: every task's
+gradient from one backward pass) and ``autogram`` (torchjd's engine): the Gramians' relative
+difference from the explicit one, and each mode's time against equal weighting and against the
+explicit Gramian, per round. Writes ``benchmarks/results/gramian_overhead.{json,md}``.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ from mtlkit.model import HFEncoder
 from mtlkit.paths import MINILM
 from mtlkit.tasks import SequenceClassification
 from mtlkit.testing import TINY_ENCODER
-from mtlkit.testing.methods import weighting_methods
+from mtlkit.testing.methods import MethodConfig, weighting_methods
 from mtlkit.training import MultiTaskModule
 from mtlkit.weighting import GradientWeighting, TaskGradients, Weighting
 from mtlkit.weighting.autogram import AutogramGramian
 from mtlkit.weighting.gradient import GramianAggregator, gram_matrix
+from mtlkit.weighting.one_pass import OnePassGramian
 
 TINY = TINY_ENCODER
 #: Task names: the quickstart's first, which the shipped static and uncertainty configs name.
@@ -64,14 +67,32 @@ def _methods() -> dict[str, tuple[str, Callable[[], Weighting]]]:
         for works_on, suffix in (("representation", "rep"), ("parameters", "params")):
             build = functools.partial(method.build, works_on=works_on)
             rows[f"{name}/{suffix}"] = (works_on, build)
-    order = ["baseline", "loss", "gradnorm", "representation", "parameters"]
+        if _gramian_based(method):
+            build = functools.partial(method.build, works_on="parameters", gramian="one_pass")
+            rows[f"{name}/params-1pass"] = ("parameters, one pass", build)
+    order = ["baseline", "loss", "gradnorm", "representation", *GRAMIANS.values()]
     return dict(sorted(rows.items(), key=lambda row: (order.index(row[1][0]), row[0])))
 
 
+def _gramian_based(method: MethodConfig) -> bool:
+    probe = method.build() if method.is_gradient_method else None
+    return isinstance(probe, GradientWeighting) and isinstance(probe.aggregator, GramianAggregator)
+
+
+#: The ways of taking the Gramian on the parameters (``GradientWeighting(gramian=...)``), as the
+#: kinds of their rows.
+GRAMIANS = {"explicit": "parameters", "one_pass": "parameters, one pass", "autogram": "autogram"}
 #: name -> (kind, factory).
 METHODS = _methods()
 #: Gradient methods' targets hold at 8 tasks (on the parameters: the aim of issue 12).
-TARGETS = {"loss": 1.05, "gradnorm": 1.3, "representation": 1.5, "parameters": 1.5}
+TARGETS = {
+    "loss": 1.05,
+    "gradnorm": 1.3,
+    "representation": 1.5,
+    "parameters": 1.5,
+    "parameters, one pass": 1.5,
+    "autogram": 1.5,
+}
 
 
 def make_batch(tasks: int, per_task: int, length: int, vocab: int, seed: int = 0) -> dict:
@@ -133,38 +154,43 @@ def overhead(times: dict[str, list[float]], name: str) -> dict:
     return stats.paired_ratio(dict(enumerate(times[name])), dict(enumerate(times["equal"])))
 
 
-def gramian_error(tasks: int, per_task: int, length: int, steps: int = 3) -> float:
-    """Largest relative difference (max entry) between the autogram and the explicit Gramian."""
+def gramian_error(tasks: int, per_task: int, length: int, steps: int = 3) -> dict[str, float]:
+    """Largest relative difference (max entry) between the one-pass (and the autogram) Gramian
+    and the explicit one, on the tiny encoder over ``steps`` steps."""
     model = build(lambda: HFEncoder(config=dict(TINY)), tasks, METHODS["equal"][1]())
-    batch = make_batch(tasks, per_task, length, TINY["vocab_size"])["tasks"]
-    autogram, params = AutogramGramian(), list(model.encoder.parameters())
-    worst = 0.0
+    subs = make_batch(tasks, per_task, length, TINY["vocab_size"])["tasks"]
+    rows, params = model.model.encoder_rows(subs), list(model.encoder.parameters())
+    one_pass, autogram = OnePassGramian(), AutogramGramian()
+    worst = {"one_pass": 0.0, "autogram": 0.0}
     for step in range(steps + 1):
-        losses = model.task_losses(model(batch), batch)
-        gram = autogram.gramian(torch.stack(list(losses.values())), model.encoder)
-        if step:  # step 0 builds the engine
+        losses = model.task_losses(model(subs), subs)
+        grams = {
+            "one_pass": one_pass.gramian(losses, model.encoder, rows),
+            "autogram": autogram.gramian(torch.stack(list(losses.values())), model.encoder),
+        }
+        if step:  # step 0 builds the hooks
             explicit = gram_matrix(TaskGradients().of_parameters(losses, params))
-            error = (gram.double() - explicit).abs().max() / explicit.abs().max()
-            worst = max(worst, float(error))
+            for mode, gram in grams.items():
+                error = (gram.detach().double() - explicit).abs().max() / explicit.abs().max()
+                worst[mode] = max(worst[mode], float(error))
     return worst
 
 
-def autogram_rounds(tasks: int, per_task: int, length: int, steps: int, rounds: int) -> dict:
-    """Per-round step times of equal weighting and of each Gramian-based config on the
-    parameters, explicit and autogram (same batch, interleaved, a new order every round)."""
-    batch = make_batch(tasks, per_task, length, TINY["vocab_size"])
+def gramian_rounds(setup: tuple, tasks: int, methods: list[str], modes: list[str]) -> dict:
+    """Per-round step times of equal weighting and of each method on the parameters with each
+    way of taking the Gramian (same batch, interleaved, a new order every round)."""
+    _, encoder, vocab, per_task, length, steps, rounds = setup
+    batch = make_batch(tasks, per_task, length, vocab)
     builders = {"equal": METHODS["equal"][1]}
-    for name, method in weighting_methods().items():
-        probe = method.build() if method.is_gradient_method else None
-        if isinstance(probe, GradientWeighting) and isinstance(probe.aggregator, GramianAggregator):
-            for mode in ("explicit", "autogram"):
-                builders[f"{name}/{mode}"] = functools.partial(
-                    method.build, works_on="parameters", gramian=mode
-                )
-    encoder = lambda: HFEncoder(config=dict(TINY))  # noqa: E731
+    configs = weighting_methods()
+    for name in methods:
+        for mode in modes:
+            builders[f"{name}/{mode}"] = functools.partial(
+                configs[name].build, works_on="parameters", gramian=mode
+            )
     models = {name: build(encoder, tasks, make()) for name, make in builders.items()}
     for model in models.values():
-        time_steps(model, batch, 2)  # warm-up (and the autogram engines are built)
+        time_steps(model, batch, 2)  # warm-up (and the one-pass and autogram hooks are built)
     times: dict[str, list[float]] = {name: [] for name in models}
     order = list(models)
     for r in range(rounds):
@@ -173,38 +199,66 @@ def autogram_rounds(tasks: int, per_task: int, length: int, steps: int, rounds: 
     return times
 
 
-def autogram_report(
-    tasks: int = 8, per_task: int = 8, length: int = 32, steps: int = 3, rounds: int = 5
-) -> None:
-    """Smoke-size measurement (see the module docstring)."""
-    print(
-        f"autogram vs explicit Gramian: max relative difference "
-        f"{gramian_error(tasks, per_task, length):.1e}"
-    )
-    times = autogram_rounds(tasks, per_task, length, steps, rounds)
-    equal = min(times["equal"])
-    print(
-        f"tiny encoder, {tasks} tasks x {per_task} examples x {length} tokens, "
-        f"{steps} steps x {rounds} rounds; equal {equal * 1e3:.1f} ms/step (fastest round)"
-    )
-    print(
-        "| method | explicit vs equal | autogram vs equal | autogram / explicit per round "
-        "(min / median / max) |"
-    )
-    print("|---|---|---|---|")
-    for name in sorted({n.rsplit("/", 1)[0] for n in times if "/" in n}):
-        exp, auto = times[f"{name}/explicit"], times[f"{name}/autogram"]
-        paired = sorted(a / e for a, e in zip(auto, exp, strict=True))
-        print(
-            f"| {name} | {min(exp) / equal:.2f}x | {min(auto) / equal:.2f}x | "
-            f"{paired[0]:.2f} / {paired[len(paired) // 2]:.2f} / {paired[-1]:.2f} |"
+def gramian_report(setups: list[tuple], methods: list[str], modes: list[str], tasks: int = 8):
+    """``results/gramian_overhead.{json,md}``: each way of taking the Gramian against equal
+    weighting and against the explicit Gramian, per round, at ``tasks`` tasks."""
+    errors = gramian_error(tasks, 8, 32)
+    rows = []
+    for setup in setups:
+        times = gramian_rounds(setup, tasks, methods, modes)
+        for name in times:
+            if name == "equal":
+                continue
+            method, mode = name.rsplit("/", 1)
+            vs_explicit = stats.paired_ratio(
+                dict(enumerate(times[name])), dict(enumerate(times[f"{method}/explicit"]))
+            )
+            rows.append(
+                {
+                    "encoder": setup[0],
+                    "tasks": tasks,
+                    "method": f"{method}/params" if mode == "explicit" else f"{method}/{mode}",
+                    "kind": GRAMIANS[mode],
+                    "seconds": statistics.median(times[name]),
+                    "rounds": times[name],
+                    "equal_rounds": times["equal"],
+                    "ratio": overhead(times, name).as_dict(),
+                    "vs_explicit": vs_explicit.as_dict(),
+                }
+            )
+    errors_text = ", ".join(f"{m} {e:.1e}" for m, e in errors.items())
+    text = markdown(rows) + (
+        f"\nGramian against the explicit one (tiny encoder, {tasks} tasks, 3 steps), largest "
+        f"relative difference: {errors_text}. Time against the explicit Gramian, per round "
+        "(median [95 % interval]): "
+        + "; ".join(
+            f"{r['encoder']} {r['method']} {r['vs_explicit']['mean']:.2f}x "
+            f"[{r['vs_explicit']['low']:.2f}, {r['vs_explicit']['high']:.2f}]"
+            for r in rows
+            if r["kind"] != "parameters" and r["vs_explicit"]["low"] is not None
         )
+        + ".\n"
+    )
+    settings = {
+        label: {"vocab": vocab, "per_task": per_task, "length": length, "steps": steps,
+                "rounds": rounds}
+        for label, _, vocab, per_task, length, steps, rounds in setups
+    }  # fmt: skip
+    payload = {
+        "targets": TARGETS,
+        "settings": {**settings, "tasks": tasks, "methods": methods, "modes": modes},
+        "gramian_error": errors,
+        "rows": rows,
+        "note": "per-round seconds per step; mixed batches of per_task examples per task",
+    }
+    print(text)
+    return write_result("gramian_overhead", payload, text)
 
 
 def verdict(row: dict) -> str:
     """The target's verdict from the ratio's interval (empty where no target applies)."""
     target = TARGETS.get(row["kind"])
-    gradient = row["kind"] in ("representation", "parameters")
+    gradient = row["kind"] in ("representation", *GRAMIANS.values())
     if target is None or (gradient and row["tasks"] != 8):
         return ""
     return stats.within(stats.Comparison(**row["ratio"]), target)
@@ -237,22 +291,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny encoder only")
     parser.add_argument(
-        "--autogram", action="store_true", help="explicit vs autogram Gramian (tiny encoder)"
+        "--gramian",
+        action="store_true",
+        help="explicit, one-pass and autogram Gramians at 8 tasks (gramian_overhead.md)",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of --autogram")
+    parser.add_argument("--methods", default="upgrad,mgda", help="methods of --gramian")
+    parser.add_argument("--modes", default=",".join(GRAMIANS), help="Gramians of --gramian")
     parser.add_argument(
         "--allow-dirty", action="store_true", help="run from uncommitted changes (not for README)"
     )
     args = parser.parse_args()
-    if not args.autogram:
-        require_clean(args.allow_dirty, "benchmarks.weighting_overhead")
+    require_clean(args.allow_dirty, "benchmarks.weighting_overhead")
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    if args.autogram:
-        autogram_report(rounds=args.rounds)
-        return
     setups = [("tiny", lambda: HFEncoder(config=dict(TINY)), 155, 8, 32, 10, 9)]
     if not args.quick:
         setups.append(("MiniLM-L6", lambda: HFEncoder(MINILM), 30522, 4, 32, 2, 6))
+    if args.gramian:
+        gramian_report(setups, args.methods.split(","), args.modes.split(","))
+        return
     rows = []
     for label, encoder, vocab, per_task, length, steps, rounds in setups:
         for tasks in (2, 4, 8):

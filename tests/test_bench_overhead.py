@@ -46,3 +46,22 @@ def test_smoke_measurement_keeps_every_round():
     )
     assert {k: len(v) for k, v in times.items()} == {"equal": 2, "uncertainty": 2}
     assert wo.overhead(times, "uncertainty").mean > 0
+
+
+def test_one_pass_rows_for_every_gramian_method():
+    one_pass = {n.split("/")[0] for n, (kind, _) in wo.METHODS.items() if kind.endswith("pass")}
+    explicit = {n.split("/")[0] for n, (kind, _) in wo.METHODS.items() if kind == "parameters"}
+    assert one_pass == explicit - {"nash_mtl"}  # Nash-MTL needs the gradients, not the Gramian
+    assert wo.verdict(_row("parameters, one pass", [1.2, 1.3, 1.25])) == "met"
+
+
+def test_gramian_smoke_measurement(tmp_path, monkeypatch):
+    errors = wo.gramian_error(tasks=3, per_task=2, length=8, steps=1)
+    assert errors["one_pass"] <= 5e-6 and errors["autogram"] <= 1e-5
+    setup = ("tiny", lambda: wo.HFEncoder(config=dict(wo.TINY)), 155, 2, 8, 1, 2)
+    times = wo.gramian_rounds(setup, 3, ["upgrad"], ["explicit", "one_pass"])
+    assert {k: len(v) for k, v in times.items()} == {
+        "equal": 2,
+        "upgrad/explicit": 2,
+        "upgrad/one_pass": 2,
+    }

@@ -183,6 +183,17 @@ class MultiTaskModel(nn.Module):
     def task_names(self) -> list[str]:
         return list(self.levels)
 
+    @staticmethod
+    def encoder_rows(sub_batches: SubBatches) -> dict[str, tuple[int, int]]:
+        """Each task's rows ``(start, stop)`` of the batch the encoder runs over in one step
+        (:meth:`encode` stacks the sub-batches in their order; cached ``features`` skip it)."""
+        rows, start = {}, 0
+        for name, batch in sub_batches.items():
+            if "features" not in batch:
+                stop = start + int(batch["input_ids"].shape[0])
+                rows[name], start = (start, stop), stop
+        return rows
+
     def encode(self, sub_batches: SubBatches) -> dict[str, Tensor]:
         """Runs the encoder once over all sub-batches; returns each task's token states."""
         names = list(sub_batches)

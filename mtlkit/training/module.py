@@ -236,6 +236,8 @@ class MultiTaskModule(L.LightningModule):
             loss_scale=self._loss_scale(),
             all_reduce_mean=self._all_reduce_mean,
             shared_module=self.encoder,
+            encoder_rows=self.model.encoder_rows(subs),
+            other_parameters=self._other_parameters,
         )
         combined = self.weighting(losses, ctx)
         method, distributed = type(self.weighting).__name__, self._is_distributed()
@@ -257,6 +259,11 @@ class MultiTaskModule(L.LightningModule):
             self.log("train/regularization", penalty.detach(), batch_size=1)
             loss = loss + penalty
         return loss
+
+    def _other_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters outside the shared encoder (the heads, ...)."""
+        shared = {id(p) for p in self.encoder.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in shared]
 
     def _global_mean_losses(self, losses: dict[str, Tensor], subs: dict[str, Any]) -> dict:
         if self._trainer is None or self.trainer.world_size == 1:

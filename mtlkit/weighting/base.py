@@ -34,7 +34,13 @@ class StepContext:
             process); every process must call it with tensors of the same shape.
         representations: Per-task shared representation (the encoder output the head receives),
             for methods that work on the representation (MGDA-UB, ...).
-        shared_module: The shared encoder module (``gramian="autogram"`` hooks it), or None.
+        shared_module: The shared encoder module (``gramian="autogram"`` and ``"one_pass"``
+            hook it), or None.
+        other_parameters: The trainable parameters outside the shared module (the task
+            heads), for methods that take the step's whole gradient themselves
+            (``gramian="one_pass"``); None (unknown) keeps the step's own backward pass.
+        encoder_rows: Task -> its rows ``(start, stop)`` of the batch the shared module ran
+            over in this step (``gramian="one_pass"``).
         gradients: The step's per-task gradients (:class:`TaskGradients`), taken at most once:
             methods ask it for their rows, and :class:`StepObserver` callbacks (the gradient
             diagnostics) read the same rows instead of taking them again.
@@ -51,6 +57,8 @@ class StepContext:
     all_reduce_mean: Callable[[Tensor], Tensor] = field(default=lambda t: t)
     gradients: TaskGradients = field(default_factory=TaskGradients)
     shared_module: nn.Module | None = None
+    encoder_rows: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    other_parameters: Callable[[], list[nn.Parameter]] | None = None
 
 
 @dataclass

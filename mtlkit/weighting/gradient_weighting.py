@@ -17,6 +17,7 @@ from mtlkit.weighting.gradient.base import (
     GramianAggregator,
     WorksOn,
 )
+from mtlkit.weighting.one_pass import OnePassGramian, precomputed_loss
 
 
 class GradientWeighting(Weighting):
@@ -55,11 +56,16 @@ class GradientWeighting(Weighting):
             one extra pass through the heads instead of one backward pass per task.
         head_gradients: ``"unweighted"`` or ``"weighted"``, see above.
         gramian: ``"explicit"`` (default): the Gramian ``G G^T`` of the ``[T, P]`` per-task
-            gradients. ``"autogram"``: straight from the task losses by torchjd's autogram
-            engine (:mod:`mtlkit.weighting.autogram`), without the ``[T, P]`` matrix, for
-            Gramian-based aggregators on the parameters, single process, an encoder that runs
-            once per step; the first step (and one after the trainable set changes) is explicit.
-            Measured on the tiny encoder in ``benchmarks/weighting_overhead.py --autogram``.
+            gradients. ``"one_pass"``: every task's parameter gradient from one backward pass
+            (:mod:`mtlkit.weighting.one_pass`: in a mixed batch a task's loss reads only its
+            own rows of the encoder's batch), the Gramian accumulated module by module; for
+            encoders whose trainable parameters sit in ``nn.Linear``, ``nn.LayerNorm`` and
+            ``nn.Embedding`` (BERT-style models, not LoRA or adapters). ``"autogram"``:
+            straight from the task losses by torchjd's autogram engine
+            (:mod:`mtlkit.weighting.autogram`; one backward pass per task, vectorised).
+            Both need a Gramian-based aggregator on the parameters, a single process and an
+            encoder that runs once per step; their first step (and one after the trainable set
+            changes) is explicit. Measured in ``benchmarks/weighting_overhead.py --gramian``.
     """
 
     needs_all_tasks = True
@@ -69,7 +75,7 @@ class GradientWeighting(Weighting):
         aggregator: GradientAggregator,
         works_on: WorksOn | None = None,
         head_gradients: Literal["unweighted", "weighted"] = "unweighted",
-        gramian: Literal["explicit", "autogram"] = "explicit",
+        gramian: Literal["explicit", "one_pass", "autogram"] = "explicit",
     ) -> None:
         super().__init__()
         if works_on not in (None, "parameters", "representation"):
@@ -83,17 +89,26 @@ class GradientWeighting(Weighting):
         self.aggregator = aggregator
         self.works_on: WorksOn = works_on or aggregator.works_on
         self.head_gradients = head_gradients
-        if gramian not in ("explicit", "autogram"):
-            raise ConfigError(f"gramian must be 'explicit' or 'autogram', got {gramian!r}")
-        if gramian == "autogram" and (
+        if gramian not in ("explicit", "one_pass", "autogram"):
+            raise ConfigError(
+                f"gramian must be 'explicit', 'one_pass' or 'autogram', got {gramian!r}"
+            )
+        if gramian != "explicit" and (
             not isinstance(aggregator, GramianAggregator) or self.works_on != "parameters"
         ):
             raise ConfigError(
-                "gramian='autogram' needs a Gramian-based aggregator (all but NashMTL) working "
-                "on the parameters"
+                f"gramian={gramian!r} needs a Gramian-based aggregator (all but NashMTL) "
+                "working on the parameters"
             )
         self.gramian = gramian
-        self._autogram = AutogramGramian() if gramian == "autogram" else None
+        self._fast = False  # this step's update was taken by the one-pass engine
+        self._engine: AutogramGramian | OnePassGramian | None = (
+            AutogramGramian()
+            if gramian == "autogram"
+            else OnePassGramian()
+            if gramian == "one_pass"
+            else None
+        )
 
     def setup(self, task_names: Sequence[str]) -> None:
         super().setup(task_names)
@@ -108,6 +123,10 @@ class GradientWeighting(Weighting):
         weights = {t: w.to(device) for t, w in result.weights_by_task.items() if t in losses}
         if self.head_gradients == "weighted":
             return WeightedLoss(self.weighted_sum(losses, weights), weights)
+        if isinstance(self._engine, OnePassGramian) and self._fast and self._engine.has_gradients:
+            # The update is taken already (no second backward pass through the encoder).
+            value = self.weighted_sum(losses, ones)
+            return WeightedLoss(precomputed_loss(value, self._engine.gradients(weights)), weights)
         self._hook_head_inputs(weights, ctx)
         return WeightedLoss(self.weighted_sum(losses, ones), weights)
 
@@ -132,7 +151,7 @@ class GradientWeighting(Weighting):
         # The model rescales each process's losses so that these means over processes are the
         # global batch's gradients and losses (absent tasks contribute zero rows).
         rows = ctx.all_reduce_mean(present) > 0
-        gram = self._autogram_gramian(losses, ctx) if self._autogram is not None else None
+        gram = self._engine_gramian(losses, ctx) if self._engine is not None else None
         if gram is None:
             grads = ctx.all_reduce_mean(self.task_gradients(losses, ctx))[rows]
         values = ctx.all_reduce_mean(values)[rows]
@@ -161,24 +180,37 @@ class GradientWeighting(Weighting):
             if representation.requires_grad:
                 representation.register_hook(lambda grad, w=w: grad * w.to(grad.dtype))
 
-    def _autogram_gramian(self, losses: Mapping[str, Tensor], ctx: StepContext) -> Tensor | None:
-        """The present tasks' Gramian from the autogram engine (None in the step that builds it,
-        or with fewer than two local tasks: then the explicit path decides)."""
+    def _engine_gramian(self, losses: Mapping[str, Tensor], ctx: StepContext) -> Tensor | None:
+        """The present tasks' Gramian from the one-pass or autogram engine (None in the step
+        that builds it, or with fewer than two local tasks: then the explicit path decides)."""
+        self._fast = False
         probe = torch.zeros(1)
         if ctx.all_reduce_mean(probe) is not probe:
             raise ConfigError(
-                "gramian='autogram' is single-process: under DDP the Gramian of the global "
-                "gradients is not the mean of the processes' Gramians; use gramian='explicit'"
+                f"gramian={self.gramian!r} is single-process: under DDP the Gramian of the "
+                "global gradients is not the mean of the processes' Gramians; use "
+                "gramian='explicit'"
             )
         if ctx.shared_module is None:
-            raise ConfigError("gramian='autogram' needs the shared module (StepContext)")
+            raise ConfigError(f"gramian={self.gramian!r} needs the shared module (StepContext)")
         self._check_trainable(ctx)
         local = [t for t in self.task_names if t in losses and losses[t].requires_grad]
         if len(local) < 2:
             return None
-        assert self._autogram is not None
+        scale = float(ctx.loss_scale)
+        if isinstance(self._engine, OnePassGramian):
+            present = {t: losses[t] for t in local}
+            # With unweighted heads the same backward pass gives the heads' gradients too
+            # (when the step names them: otherwise its own backward pass runs as usual).
+            fast = ctx.other_parameters is not None and self.head_gradients == "unweighted"
+            others = ctx.other_parameters() if fast and ctx.other_parameters else []
+            rows = ctx.encoder_rows
+            gram = self._engine.gramian(present, ctx.shared_module, rows, scale, others)
+            self._fast = fast and gram is not None
+            return gram
+        assert self._engine is not None
         vector = torch.stack([losses[t] for t in local])
-        return self._autogram.gramian(vector, ctx.shared_module, float(ctx.loss_scale))
+        return self._engine.gramian(vector, ctx.shared_module, scale)
 
     def _check_trainable(self, ctx: StepContext) -> list[nn.Parameter]:
         representation = self.works_on == "representation"
