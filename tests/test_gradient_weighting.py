@@ -250,31 +250,7 @@ def test_autogram_gramian_matches_the_explicit_gram_matrix():
     reset_engine(autogram._engine)  # torchjd's private state, used in this one function
 
 
-@pytest.mark.parametrize("agg", [MGDA, UPGrad, PCGrad], ids=lambda c: c.__name__)
-def test_autogram_option_gives_the_explicit_weights(agg):
-    explicit, subs = _tiny_bert_model(3, GradientWeighting(agg()))
-    auto, _ = _tiny_bert_model(3, GradientWeighting(agg(), gramian="autogram"))
-    auto.load_state_dict(explicit.state_dict())
-    for step in range(3):
-        torch.manual_seed(step)  # the same dropout masks in both
-        a = explicit.weighting(*_losses_and_ctx(explicit, subs))
-        torch.manual_seed(step)
-        losses, ctx = _losses_and_ctx(auto, subs)
-        b = auto.weighting(losses, ctx)
-        assert ctx.gradients.backward_passes == (3 if step == 0 else 0)  # then no [T, P] rows
-        for t in a.weights:
-            torch.testing.assert_close(b.weights[t], a.weights[t], rtol=1e-4, atol=1e-6)
-
-
-def _losses_and_ctx(model, subs):
-    losses = model.task_losses(model(subs), subs)
-    ctx = StepContext(
-        step=0,
-        task_names=model.task_names,
-        shared_parameters=lambda: [p for p in model.encoder.parameters() if p.requires_grad],
-        shared_module=model.encoder,
-    )
-    return losses, ctx
+# The weights of gramian='autogram' against the explicit path: tests/test_one_pass_gramian.py.
 
 
 def test_autogram_needs_a_gramian_method_on_the_parameters():
