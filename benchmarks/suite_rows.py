@@ -212,11 +212,15 @@ def val_interval(total: int, every: int) -> int:
     return min(divisors, key=lambda d: (abs(d - every), d))
 
 
+def row_tasks(row: dict[str, Any]) -> list[str]:
+    """The tasks a row trains: its single task, or all of them."""
+    return [row["single"]] if "single" in row else list(PRIMARY)
+
+
 def row_steps(row: dict[str, Any], settings: dict[str, Any]) -> int:
     """The most steps a row trains: its task's budget, or for a multi-task row the sum of its
     tasks' single-task budgets; times the row's ``budget`` factor (the budget check)."""
-    tasks = [row["single"]] if "single" in row else list(PRIMARY)
-    return sum(task_steps(settings, t) for t in tasks) * row.get("budget", 1)
+    return sum(task_steps(settings, t) for t in row_tasks(row)) * row.get("budget", 1)
 
 
 #: A mixed step's cost in homogeneous steps (0.22 s against 0.15 s on average at bb0961c).
@@ -244,7 +248,7 @@ def cli_args(row: dict[str, Any], mode: str, settings: dict[str, Any], tmp: Path
     """The ``mtlkit fit`` arguments of one row (without the seed: see :func:`seed_args`)."""
     from mtlkit.testing.trainer import quiet_cli_args
 
-    tasks = [row["single"]] if "single" in row else list(PRIMARY)
+    tasks = row_tasks(row)
     total = row_steps(row, settings)
     # Validation every ``eval_every`` steps per task: a multi-task row (one task's batch per
     # step on average) validates about every ``eval_every * tasks`` steps, so patience counts

@@ -89,9 +89,7 @@ TARGETS = {
     "loss": 1.05,
     "gradnorm": 1.3,
     "representation": 1.5,
-    "parameters": 1.5,
-    "parameters, one pass": 1.5,
-    "autogram": 1.5,
+    **dict.fromkeys(GRAMIANS.values(), 1.5),
 }
 
 
@@ -138,9 +136,17 @@ def measure(
     """Seconds per step of each method in each round (same batch, interleaved)."""
     batch = make_batch(tasks, per_task, length, vocab)
     models = {name: build(encoder, tasks, METHODS[name][1]()) for name in methods}
+    return time_rounds(models, batch, steps, rounds)
+
+
+def time_rounds(
+    models: dict[str, MultiTaskModule], batch: dict, steps: int, rounds: int
+) -> dict[str, list[float]]:
+    """Seconds per step of each model in each round, after a 2-step warm-up (which also builds
+    the one-pass and autogram hooks)."""
     for model in models.values():
-        time_steps(model, batch, 2)  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in methods}
+        time_steps(model, batch, 2)
+    times: dict[str, list[float]] = {name: [] for name in models}
     order = list(models)
     for r in range(rounds):
         # A new order every round, so no method always runs first (cold caches) or last.
@@ -189,14 +195,7 @@ def gramian_rounds(setup: tuple, tasks: int, methods: list[str], modes: list[str
                 configs[name].build, works_on="parameters", gramian=mode
             )
     models = {name: build(encoder, tasks, make()) for name, make in builders.items()}
-    for model in models.values():
-        time_steps(model, batch, 2)  # warm-up (and the one-pass and autogram hooks are built)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    order = list(models)
-    for r in range(rounds):
-        for i in torch.randperm(len(order), generator=torch.Generator().manual_seed(r)).tolist():
-            times[order[i]].append(time_steps(models[order[i]], batch, steps))
-    return times
+    return time_rounds(models, batch, steps, rounds)
 
 
 def gramian_report(setups: list[tuple], methods: list[str], modes: list[str], tasks: int = 8):
@@ -239,20 +238,24 @@ def gramian_report(setups: list[tuple], methods: list[str], modes: list[str], ta
         )
         + ".\n"
     )
-    settings = {
-        label: {"vocab": vocab, "per_task": per_task, "length": length, "steps": steps,
-                "rounds": rounds}
-        for label, _, vocab, per_task, length, steps, rounds in setups
-    }  # fmt: skip
     payload = {
         "targets": TARGETS,
-        "settings": {**settings, "tasks": tasks, "methods": methods, "modes": modes},
+        "settings": {**_settings(setups), "tasks": tasks, "methods": methods, "modes": modes},
         "gramian_error": errors,
         "rows": rows,
         "note": "per-round seconds per step; mixed batches of per_task examples per task",
     }
     print(text)
     return write_result("gramian_overhead", payload, text)
+
+
+def _settings(setups: list[tuple]) -> dict[str, dict[str, int]]:
+    """Each setup's sizes, as recorded in the results."""
+    return {
+        label: {"vocab": vocab, "per_task": per_task, "length": length, "steps": steps,
+                "rounds": rounds}
+        for label, _, vocab, per_task, length, steps, rounds in setups
+    }  # fmt: skip
 
 
 def verdict(row: dict) -> str:
@@ -326,11 +329,7 @@ def main() -> None:
                     }
                 )
             print(markdown([r for r in rows if r["encoder"] == label and r["tasks"] == tasks]))
-    settings = {
-        label: {"vocab": vocab, "per_task": per_task, "length": length, "steps": steps,
-                "rounds": rounds, "tasks": [2, 4, 8]}
-        for label, _, vocab, per_task, length, steps, rounds in setups
-    }  # fmt: skip
+    settings = {label: {**s, "tasks": [2, 4, 8]} for label, s in _settings(setups).items()}
     payload = {
         "targets": TARGETS,
         "settings": {**settings, "quick": args.quick, "torch_threads": torch.get_num_threads()},

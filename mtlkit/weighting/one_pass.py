@@ -277,6 +277,35 @@ def _repeated_modules(calls: Sequence[_Call]) -> set[nn.Module]:
     return repeated
 
 
+def _closed_form(
+    module: nn.Module, x: Tensor, grad: Tensor, index: Tensor | None = None, columns: int = 0
+) -> list[tuple[nn.Parameter, Tensor]]:
+    """``(parameter, gradient)`` (float32) of ``module``'s trainable parameters from the inputs
+    ``x`` and output gradients ``grad`` of some of its rows. An embedding's gradient is its
+    table's, or with ``index`` (each id's place among ``columns`` looked-up ids) only those."""
+    width = grad.shape[-1]
+    g = grad.reshape(-1, width)
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    out = []
+    if weight is not None and weight.requires_grad:
+        if isinstance(module, nn.Linear):
+            value = g.T @ x.reshape(-1, x.shape[-1]).float()
+        elif isinstance(module, nn.LayerNorm):
+            normed = nn.functional.layer_norm(x.float(), module.normalized_shape, eps=module.eps)
+            value = (g * normed.reshape(-1, width)).sum(0)
+        else:  # nn.Embedding: a scatter-add; the padding row gets no gradient
+            ids = x.reshape(-1)
+            if module.padding_idx is not None:
+                g = g * (ids != module.padding_idx).unsqueeze(-1)
+            rows = ids if index is None else index.reshape(-1)
+            value = g.new_zeros(len(weight) if index is None else columns, width)
+            value.index_add_(0, rows, g)
+        out.append((weight, value))
+    if bias is not None and bias.requires_grad:
+        out.append((bias, g.sum(0)))
+    return out
+
+
 def _per_task(
     call: _Call, grad: Tensor, spans: Sequence[tuple[int, int] | None]
 ) -> list[tuple[nn.Parameter, Tensor]]:
@@ -284,62 +313,31 @@ def _per_task(
     ``t``'s gradient from its own rows (zero for a task without rows). For an embedding the
     columns are the looked-up ids only (every other row of its gradient is 0 for every task)."""
     module, x = call.module, call.inputs
-    width = grad.shape[-1]
+    index, columns = None, 0
     if isinstance(module, nn.Embedding):
-        ids = x.reshape(-1)
-        used, index = torch.unique(ids, return_inverse=True)
-        if module.padding_idx is not None:  # the padding row gets no gradient
-            grad = grad * (x != module.padding_idx).unsqueeze(-1)
-    params = dict(module.named_parameters(recurse=False))
-    pieces: dict[str, dict[int, Tensor]] = {n: {} for n, p in params.items() if p.requires_grad}
+        used, index = torch.unique(x, return_inverse=True)
+        columns = len(used)
+    by_param: dict[nn.Parameter, dict[int, Tensor]] = {}
     for t, span in enumerate(spans):
         if span is None:
             continue
-        g = grad[span[0] : span[1]].reshape(-1, width)
-        rows = x[span[0] : span[1]]
-        if isinstance(module, nn.Linear):
-            if "weight" in pieces:
-                pieces["weight"][t] = g.T @ rows.reshape(-1, rows.shape[-1]).float()
-        elif isinstance(module, nn.LayerNorm):
-            if "weight" in pieces:
-                normed = nn.functional.layer_norm(
-                    rows.float(), module.normalized_shape, eps=module.eps
-                )
-                pieces["weight"][t] = (g * normed.reshape(-1, width)).sum(0)
-        else:
-            task_index = index.reshape(x.shape)[span[0] : span[1]].reshape(-1)
-            pieces["weight"][t] = g.new_zeros(len(used), width).index_add_(0, task_index, g)
-        if "bias" in pieces:
-            pieces["bias"][t] = g.sum(0)
+        start, stop = span
+        rows = None if index is None else index[start:stop]
+        for param, value in _closed_form(module, x[start:stop], grad[start:stop], rows, columns):
+            by_param.setdefault(param, {})[t] = value.reshape(-1)
     out = []
-    for name, by_task in pieces.items():
-        numel = next(iter(by_task.values())).numel() if by_task else 0
-        stacked = grad.new_zeros(len(spans), numel)
+    for param, by_task in by_param.items():
+        stacked = grad.new_zeros(len(spans), next(iter(by_task.values())).numel())
         for t, value in by_task.items():
-            stacked[t] = value.reshape(-1)
-        out.append((params[name], stacked))
+            stacked[t] = value
+        out.append((param, stacked))
     return out
 
 
 def _update(call: _Call, grad: Tensor) -> list[tuple[nn.Parameter, Tensor]]:
     """``(parameter, gradient)`` of ``call.module``'s trainable parameters from the output
-    gradient ``grad`` of all its rows (the closed forms of :func:`_per_task`, once)."""
-    module, x = call.module, call.inputs
-    width = grad.shape[-1]
-    g = grad.reshape(-1, width)
-    out = []
-    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-    if weight is not None and weight.requires_grad:
-        if isinstance(module, nn.Linear):
-            value = g.T @ x.reshape(-1, x.shape[-1]).float()
-        elif isinstance(module, nn.LayerNorm):
-            normed = nn.functional.layer_norm(x.float(), module.normalized_shape, eps=module.eps)
-            value = (g * normed.reshape(-1, width)).sum(0).reshape(weight.shape)
-        else:  # nn.Embedding
-            if module.padding_idx is not None:
-                g = g * (x.reshape(-1) != module.padding_idx).unsqueeze(-1)
-            value = g.new_zeros(weight.shape).index_add_(0, x.reshape(-1), g)
-        out.append((weight, value.to(weight.dtype)))
-    if bias is not None and bias.requires_grad:
-        out.append((bias, g.sum(0).to(bias.dtype)))
-    return out
+    gradient ``grad`` of all its rows, in the parameters' shapes and dtypes."""
+    return [
+        (param, value.reshape(param.shape).to(param.dtype))
+        for param, value in _closed_form(call.module, call.inputs, grad)
+    ]
