@@ -143,10 +143,27 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def cpu_model() -> str | None:
+    """The CPU's name, family and model (and AVX-512 when present) from ``/proc/cpuinfo``: two
+    CPUs of one name can pick other kernels, so float results differ in the last bits."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or None
+    fields: dict[str, str] = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    avx512 = ", avx512" if "avx512f" in fields.get("flags", "").split() else ""
+    family, model = fields.get("cpu family", "?"), fields.get("model", "?")
+    return f"{fields.get('model name', '?')} (family {family}, model {model}{avx512})"
+
+
 def machine() -> dict[str, Any]:
     """CPU/GPU and library versions."""
     return {
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -5,6 +5,7 @@
     python -m benchmarks.run --only mtl       # one part: mtl, throughput, chinese, generation,
                                               # distillation (not in the default set)
     python -m benchmarks.run --rows single/trec,weighting/dwa --seeds 2 --steps 10 --allow-dirty
+    python -m benchmarks.run --only mtl --budget-check   # the suite and its budget check
 
 The English suite is ``configs/quickstart.yaml`` (MiniLM shared by TREC, BBC topic and the
 sentiment-rating regression) plus one small override per row, trained in-process through the CLI.
@@ -14,9 +15,10 @@ divisor of its budget), early stopping on ``val/mean`` (the mean of the tasks' p
 single task's own metric) after ``patience`` validations without improvement, within a budget of
 ``steps`` steps per task times the mode's ``task_budget`` factor (a multi-task row gets the sum of
 its tasks' budgets), and is scored on the TEST split with the best checkpoint; the steps each run
-used and its best step are recorded. The ``budget/<task>`` rows train each single-task row again
-with twice the steps, and ``budget/equal`` equal weighting's multi-task row: the report says
-whether the budgets reach the single-task and the multi-task plateau. Rows are
+used and its best step are recorded. The budget check (``--budget-check``; its rows are then
+reported by every later run of the same commit) trains each single-task row again with twice the
+steps (``budget/<task>``), and equal weighting's multi-task row (``budget/equal``): the report
+says whether the budgets reach the single-task and the multi-task plateau. Rows are
 compared seed by seed (:mod:`benchmarks.stats`, :mod:`benchmarks.suite_report`): against the
 single-task rows and against equal weighting, absolute differences and Δm%, with 95 % intervals and
 verdicts.
@@ -27,22 +29,24 @@ tree unless ``--allow-dirty`` (then, like any partial run, the results are ``for
 false`` and the README is left alone).
 
 Default mode (CPU): MiniLM-L6's lower three layers (``HFEncoder(keep_layers=[0, 1, 2])``) with
-frozen embeddings, short sequences, peak learning rates 3e-4 / 3e-3 (heads), at most 100 steps per
-task and 200 for TREC (400 in a multi-task row), validation every 25 steps per task; the MGDA-UB
-row is skipped (on the shared representation it is MGDA). One step costs ~0.11 s (TREC alone),
-~0.22 s (BBC alone), ~0.17 s (sentiment alone) and ~0.22 s (mixed batches) of one core (process CPU
-time, which :class:`benchmarks.recorder.RunRecorder` records for every run); a validation or test
-pass over 3 x 200 examples ~2 s. At 8a558b6 (multi-task rows validated every 25 steps, no budget
-rows) 5 seeds took 81 min on two cores (``--workers 2``; 9,093 s of training); at 5ef84c8 (every 75
-steps, with the budget rows) 74 min (8,284 s of training, ~600 s of it the budget rows); at bb0961c
-(TREC 200 steps, multi-task rows 400, no MGDA-UB row) 88 min (10,376 s of training and testing,
-~650 s of it the budget rows); at ce6537b (two layers, sentiment cut to 32 tokens, with
-``budget/equal``, rows dealt to the workers by cost) 68 min, short of the plateaus
-(``results/experiments/suite_2layers_ce6537b.md``). The table's ``2nd-half gain`` column and
-the budget check show whether rows reach their plateau. ``--full`` keeps the whole model, the
-configs' lengths and learning rates and 1,000 steps per task (for a GPU);
-``python -m benchmarks.suite_check`` retrains a subset on the whole model with this mode's other
-settings.
+the embeddings and the lowest layer frozen, mixed batches encoded one task at a time at each
+task's own width (``stack_tasks=False``), short sequences, peak learning rates 3e-4 / 3e-3
+(heads), at most 100 steps per task and 200 for TREC (400 in a multi-task row), validation every
+25 steps per task; the MGDA-UB row is skipped (on the shared representation it is MGDA). One step
+costs ~0.08 s (TREC alone), ~0.17 s (BBC alone), ~0.15 s (sentiment alone) and ~0.16 s (mixed
+batches) of one core (process CPU time, which :class:`benchmarks.recorder.RunRecorder` records
+for every run); a validation or test pass over 3 x 200 examples ~2 s. Earlier defaults: at
+8a558b6 (multi-task rows validated every 25 steps, no budget rows) 5 seeds took 81 min on two
+cores (``--workers 2``; 9,093 s of training); at 5ef84c8 (every 75 steps, with the budget rows)
+74 min (8,284 s of training, ~600 s of it the budget rows); at bb0961c (TREC 200 steps,
+multi-task rows 400, no MGDA-UB row, layer 0 trained, tasks stacked in one encoder pass) 88 min
+(10,376 s of training and testing, ~650 s of it the budget rows); at ce6537b (two layers,
+sentiment cut to 32 tokens, with ``budget/equal``, rows dealt to the workers by cost) 68 min,
+short of the plateaus (``results/experiments/suite_2layers_ce6537b.md``). The table's
+``2nd-half gain`` column and the budget check show whether rows reach their plateau. ``--full``
+keeps the whole model, the configs' lengths and learning rates and 1,000 steps per task (for a
+GPU); ``python -m benchmarks.suite_check`` retrains a subset on the whole model with this mode's
+other settings.
 """
 
 from __future__ import annotations
@@ -64,7 +68,16 @@ from benchmarks.common import (
     require_clean,
     write_json_atomic,
 )
-from benchmarks.suite_rows import MODES, cli_args, deal, row_cost, rows, seed_args, suite_rows
+from benchmarks.suite_rows import (
+    MODES,
+    cli_args,
+    deal,
+    is_budget_check,
+    row_cost,
+    rows,
+    seed_args,
+    suite_rows,
+)
 
 CACHE = ROOT / ".mtlkit_cache" / "bench_rows"
 
@@ -163,6 +176,7 @@ def mtl_suite(
     steps: int | None,
     write: bool = True,
     for_readme: bool = True,
+    budget_check: bool = False,
 ) -> Path | None:
     """Trains every selected row (skipping rows cached under the same key) and, with ``write``,
     reports every row of the table into ``results/mtl_suite.*``."""
@@ -173,7 +187,7 @@ def mtl_suite(
     unknown = sorted(set(only_rows or []) - set(table))
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; rows are {list(table)}")
-    selected = only_rows or list(table)  # in the order given
+    selected = only_rows or default_rows(mode, settings, budget_check)  # in the order given
     records = {name: train_row(name, mode, settings) for name in selected}
     if not write:
         return None
@@ -182,13 +196,32 @@ def mtl_suite(
     return suite_report.write(records, mode, settings, {n: table[n] for n in records}, for_readme)
 
 
+def default_rows(mode: str, settings: dict[str, Any], budget_check: bool) -> list[str]:
+    """The rows of a whole suite: every row of the mode, the budget check's only with
+    ``budget_check`` or when they are already cached under this commit and config."""
+    table = suite_rows(mode)
+    return [
+        n
+        for n, row in table.items()
+        if budget_check
+        or not is_budget_check(row)
+        or _row_file(n, row_provenance(n, mode, settings)["key"]).exists()
+    ]
+
+
 def _train_rows_in_workers(
-    workers: int, mode: str, seeds: int | None, steps: int | None, allow_dirty: bool
+    workers: int,
+    mode: str,
+    seeds: int | None,
+    steps: int | None,
+    allow_dirty: bool,
+    budget_check: bool = False,
 ) -> None:
     """Trains the English rows in ``workers`` processes (:func:`common.train_in_workers`),
     dealt by their cost (:func:`benchmarks.suite_rows.deal`)."""
     settings = _settings(mode, seeds, steps)
-    costs = {n: row_cost(r, settings) for n, r in suite_rows(mode).items()}
+    table = suite_rows(mode)
+    costs = {n: row_cost(table[n], settings) for n in default_rows(mode, settings, budget_check)}
     extra = [f"--{k}={v}" for k, v in (("seeds", seeds), ("steps", steps)) if v is not None]
     extra += ["--full"] if mode == "full" else []
     extra += ["--allow-dirty"] if allow_dirty else []
@@ -207,6 +240,11 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
     )
     parser.add_argument("--rows", help="comma-separated rows of the English suite")
+    parser.add_argument(
+        "--budget-check",
+        action="store_true",
+        help="also train the budget check's rows (budget/: other rows with twice the steps)",
+    )
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--steps", type=int, help="most steps per task (early stopping)")
     parser.add_argument(
@@ -244,8 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     if "mtl" in parts:
         selected = args.rows.split(",") if args.rows else None
         if args.workers > 1 and selected is None:
-            _train_rows_in_workers(args.workers, mode, args.seeds, args.steps, args.allow_dirty)
-        print(mtl_suite(mode, selected, args.seeds, args.steps, not args.no_summary, clean))
+            _train_rows_in_workers(
+                args.workers, mode, args.seeds, args.steps, args.allow_dirty, args.budget_check
+            )
+        summary = not args.no_summary
+        print(mtl_suite(mode, selected, args.seeds, args.steps, summary, clean, args.budget_check))
     if not args.no_summary:
         from benchmarks import update_readme
 

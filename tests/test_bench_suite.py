@@ -158,7 +158,7 @@ def test_rows_are_dealt_longest_first_to_the_least_loaded_worker():
     assert suite_rows.deal({"c": 6, "a": 10, "d": 5, "b": 8}, 2) == [["a", "d"], ["b", "c"]]
     settings = run._settings("default", None, None)
     costs = {n: suite_rows.row_cost(r, settings) for n, r in run.suite_rows("default").items()}
-    assert costs["budget/equal"] == 2 * costs["weighting/equal"] == 2 * 1.5 * 400
+    assert costs["budget/equal"] == 2 * costs["weighting/equal"] == 2 * 1.3 * 400
     assert costs["single/bbc_topic"] == 100 and costs["sampling/t2"] == 400
     parts = suite_rows.deal(costs, 2)
     assert sorted(sum(parts, [])) == sorted(costs)
@@ -261,7 +261,7 @@ def test_override_files_select_tasks_cut_lengths_and_layers(tmp_path):
     assert tasks[0]["init_args"]["max_length"] == 64
     (encoder,) = [a for a in args if a.endswith("encoder.yaml")]
     keep = yaml.safe_load(Path(encoder).read_text())["model"]["init_args"]["encoder"]
-    assert keep == {"init_args": {"keep_layers": [0, 1, 2]}}
+    assert keep == {"init_args": {"keep_layers": [0, 1, 2], "stack_tasks": False}}
     args = suite_rows._override_files(run.rows()["sampling/t5"], tmp_path, {})
     assert not any(a.endswith("encoder.yaml") for a in args)  # --full: the whole model
     override = yaml.safe_load(Path(args[-1]).read_text())["data"]["init_args"]["sampling"]
@@ -304,9 +304,11 @@ def test_resolved_config_is_the_merged_yaml_without_the_run_folder(tmp_path):
     assert str(tmp_path) not in text and "<tmp>/checkpoints" in text
     assert config["model"]["init_args"]["weighting"]["init_args"]["lr"] == 1.0e-2
     assert config["model"]["init_args"]["encoder"]["init_args"]["keep_layers"] == [0, 1, 2]
+    assert config["model"]["init_args"]["encoder"]["init_args"]["stack_tasks"] is False
     assert config["trainer"]["max_steps"] == 4 * settings["steps"]  # TREC 2x, BBC, sentiment
     assert config["trainer"]["accelerator"] == "cpu"  # --full: auto
-    # The CPU budget's learning rates replace the config's 1e-4 / 1e-3; embeddings frozen.
+    # The CPU budget's learning rates replace the config's 1e-4 / 1e-3; embeddings and the
+    # lowest layer frozen.
     assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 3.0e-4
     assert config["model"]["init_args"]["head_lr"] == 3.0e-3
     assert [c["class_path"].rsplit(".", 1)[1] for c in config["trainer"]["callbacks"]] == [
@@ -315,7 +317,7 @@ def test_resolved_config_is_the_merged_yaml_without_the_run_folder(tmp_path):
         "RunRecorder",
         "FreezeLayers",
     ]
-    assert config["trainer"]["callbacks"][-1]["init_args"] == {"n": 0, "embeddings": True}
+    assert config["trainer"]["callbacks"][-1]["init_args"] == {"n": 1, "embeddings": True}
     full = yaml.safe_load(
         run.resolved_config(
             run.cli_args(
@@ -498,3 +500,20 @@ def test_transfer_effect_is_paired_by_seed():
     effect = effects["full"]["100"]
     assert effect["mean"] == pytest.approx(0.02) and effect["verdict"] == "better"
     assert "- full: 100: +0.020 [+0.020, +0.020] (better)" in transfer.verdict(effects)
+
+
+def test_budget_check_rows_train_only_when_asked_or_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "CACHE", tmp_path)
+    monkeypatch.setattr(run, "row_provenance", lambda name, mode, settings: {"key": "k"})
+    settings = run._settings("default", None, None)
+    every = list(run.suite_rows("default"))
+    checks = [n for n in every if n.startswith("budget/")]
+    assert checks == ["budget/trec", "budget/bbc_topic", "budget/sentiment", "budget/equal"]
+    assert run.default_rows("default", settings, budget_check=True) == every
+    plain = run.default_rows("default", settings, budget_check=False)
+    assert plain == [n for n in every if n not in checks]
+    # A budget row finished earlier under this commit and config is reported again.
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "budget__equal.json").write_text("{}")
+    again = run.default_rows("default", settings, budget_check=False)
+    assert again == [n for n in every if n not in checks[:3]]

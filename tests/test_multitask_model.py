@@ -140,3 +140,31 @@ def test_exported_predictions_decode_the_module_logits(setting):
         else:
             tags = module.tasks[name].label_names
             assert decoded["tags"] == [tags[int(i)] for i in row[1 : n - 1].argmax(-1)]
+
+
+def test_stack_tasks_false_encodes_each_sub_batch_at_its_own_width(setting):
+    """``HFEncoder(stack_tasks=False)``: one encoder pass per sub-batch, each as wide as its
+    own inputs, with every task's outputs those of the one stacked pass (float rounding)."""
+    module, _, plain, _, _ = setting
+    widths = {n: b["input_ids"].shape[1] for n, b in plain.items()}
+    assert len(set(widths.values())) > 1  # the stacked pass pads someone
+    seen: list[tuple[int, int]] = []
+    hook = module.encoder.model.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            stacked = {n: o["logits"] for n, o in module(plain).items()}
+            assert seen == [
+                (sum(b["input_ids"].shape[0] for b in plain.values()), max(widths.values()))
+            ]
+            seen.clear()
+            module.encoder.stack_tasks = False
+            separate = {n: o["logits"] for n, o in module(plain).items()}
+    finally:
+        module.encoder.stack_tasks = True
+        hook.remove()
+    assert seen == [tuple(b["input_ids"].shape) for b in plain.values()]
+    for name in NAMES:
+        token = module.tasks[name].level == "token"
+        _same(separate[name], stacked[name], plain[name]["attention_mask"], token)

@@ -12,6 +12,7 @@ from mtlkit.tasks import SequenceClassification
 from mtlkit.testing import TINY_ENCODER
 from mtlkit.training import MultiTaskModule
 from mtlkit.weighting import GradientWeighting, StepContext, TaskGradients
+from mtlkit.weighting.autogram import AutogramGramian
 from mtlkit.weighting.gradient import MGDA, PCGrad, UPGrad, gram_matrix
 from mtlkit.weighting.one_pass import OnePassGramian
 
@@ -171,10 +172,13 @@ def test_unsupported_parameters_and_encoders_are_named():
     engine = OnePassGramian()
     with pytest.raises(ConfigError, match="a _Scaled: use gramian='explicit'"):
         engine.gramian({}, _Scaled(), {})
-    shared = nn.Linear(4, 4)
-    shared.per_task = True  # an encoder that runs once per task (adapters)
-    with pytest.raises(ConfigError, match="runs once per task"):
-        engine.gramian({}, shared, {})
+    for attribute, value in (("per_task", True), ("stack_tasks", False)):
+        shared = nn.Linear(4, 4)
+        setattr(shared, attribute, value)  # an encoder that runs once per task's sub-batch
+        with pytest.raises(ConfigError, match="runs once per task"):
+            engine.gramian({}, shared, {})
+        with pytest.raises(ConfigError, match="runs once per task"):
+            AutogramGramian().gramian(torch.zeros(2), shared)
     with pytest.raises(ConfigError, match="one_pass.*Gramian-based"):
         from mtlkit.weighting.gradient import MGDAUB
 

@@ -38,6 +38,11 @@ class HFEncoder(nn.Module):
         gradient_checkpointing: Trade compute for memory in the encoder.
         keep_layers: Keep only these transformer layers (indices, bottom first), e.g.
             ``[1, 3, 5]`` for a 3-layer student initialised from a 6-layer model's weights.
+        stack_tasks: How a step with several tasks' sub-batches (``batch_mode: mixed``) runs
+            the encoder: once over all their rows, padded to the widest sub-batch (``True``), or
+            once per sub-batch at its own width (``False``: less padding when the tasks'
+            lengths differ, in more and smaller passes). Every row's states are the same either
+            way up to float rounding. ``gramian: one_pass`` and ``autogram`` need ``True``.
 
     Subclasses that give each task its own parameters (soft sharing, per-task adapters) set
     ``per_task = True``: the model then calls ``forward(..., task=name)`` once per task's
@@ -45,6 +50,7 @@ class HFEncoder(nn.Module):
     """
 
     per_task = False
+    stack_tasks = True
 
     def __init__(
         self,
@@ -53,8 +59,10 @@ class HFEncoder(nn.Module):
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
         keep_layers: list[int] | None = None,
+        stack_tasks: bool = True,
     ) -> None:
         super().__init__()
+        self.stack_tasks = stack_tasks
         if (name_or_path is None) == (config is None):
             raise ConfigError("HFEncoder needs exactly one of name_or_path or config")
         if name_or_path is not None:

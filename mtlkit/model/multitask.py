@@ -195,13 +195,20 @@ class MultiTaskModel(nn.Module):
         return rows
 
     def encode(self, sub_batches: SubBatches) -> dict[str, Tensor]:
-        """Runs the encoder once over all sub-batches; returns each task's token states."""
+        """Runs the encoder over the sub-batches, once over all of them stacked (padded to the
+        widest) or, for ``per_task`` encoders and ``stack_tasks = False``, once per sub-batch;
+        returns each task's token states."""
         names = list(sub_batches)
         if getattr(self.encoder, "per_task", False):  # task parameters: one pass per task
             return {
                 n: self.encoder(
                     b["input_ids"], b["attention_mask"], b.get("token_type_ids"), task=n
                 )
+                for n, b in sub_batches.items()
+            }
+        if not getattr(self.encoder, "stack_tasks", True):  # each sub-batch at its own width
+            return {
+                n: self.encoder(b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
                 for n, b in sub_batches.items()
             }
         width = max(b["input_ids"].shape[1] for b in sub_batches.values())

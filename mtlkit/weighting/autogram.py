@@ -36,10 +36,10 @@ class AutogramGramian:
     def gramian(self, losses: Tensor, module: nn.Module, scale: float = 1.0) -> Tensor | None:
         """``[T, T]`` float32 Gramian of ``losses`` (``[T]``) w.r.t. ``module``'s trainable
         parameters, or None when the engine is (re)built in this step."""
-        if getattr(module, "per_task", False):
+        if getattr(module, "per_task", False) or not getattr(module, "stack_tasks", True):
             raise ConfigError(
                 "gramian='autogram' needs one encoder pass per step; this encoder runs once per "
-                "task: use gramian='explicit'"
+                "task (per-task parameters or stack_tasks: false): use gramian='explicit'"
             )
         trainable = tuple(id(p) for p in module.parameters() if p.requires_grad)
         if module is not self._module or trainable != self._trainable:

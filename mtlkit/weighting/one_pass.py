@@ -92,10 +92,11 @@ class OnePassGramian:
                 ``sum_t L_t`` the same backward pass takes, for :meth:`gradients`.
         """
         self._kept, self._others, self._other_grads = None, list(others), []
-        if getattr(module, "per_task", False):
+        if getattr(module, "per_task", False) or not getattr(module, "stack_tasks", True):
             raise ConfigError(
                 "gramian='one_pass' needs one encoder pass over all tasks' rows per step; this "
-                "encoder runs once per task: use gramian='explicit'"
+                "encoder runs once per task (per-task parameters or stack_tasks: false): use "
+                "gramian='explicit'"
             )
         trainable = tuple(id(p) for p in module.parameters() if p.requires_grad)
         if module is not self._module or trainable != self._trainable:
