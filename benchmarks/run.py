@@ -71,8 +71,8 @@ from benchmarks.common import (
 from benchmarks.suite_rows import (
     MODES,
     cli_args,
-    deal,
     is_budget_check,
+    longest_first,
     row_cost,
     rows,
     seed_args,
@@ -217,8 +217,8 @@ def _train_rows_in_workers(
     allow_dirty: bool,
     budget_check: bool = False,
 ) -> None:
-    """Trains the English rows in ``workers`` processes (:func:`common.train_in_workers`),
-    dealt by their cost (:func:`benchmarks.suite_rows.deal`)."""
+    """Trains the English rows, one process each and ``workers`` at a time, costliest first
+    (:func:`common.train_in_workers`, :func:`benchmarks.suite_rows.longest_first`)."""
     settings = _settings(mode, seeds, steps)
     table = suite_rows(mode)
     costs = {n: row_cost(table[n], settings) for n in default_rows(mode, settings, budget_check)}
@@ -226,7 +226,7 @@ def _train_rows_in_workers(
     extra += ["--full"] if mode == "full" else []
     extra += ["--allow-dirty"] if allow_dirty else []
     extra += ["--only", "mtl", "--no-summary", "--workers=1"]
-    common.train_in_workers("benchmarks.run", deal(costs, workers), extra)
+    common.train_in_workers("benchmarks.run", longest_first(costs), workers, extra)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -115,7 +115,7 @@ def markdown(result: Mapping[str, Any], seeds: int) -> str:
     differ = [k for k, same in agree.items() if not same]
     lines.append(
         f"\n{seeds} seeds (the same seeds on both sides), paired 95 % t intervals. {layers}: "
-        f"the CPU suite (MiniLM-L6's layers {kept}, frozen embeddings); 6 layers: the whole "
+        f"the CPU suite ({suite_report.encoder_text(MODES['default'])}); 6 layers: the whole "
         "encoder, embeddings trained; sequences, learning rates, budget and model selection "
         f"as the CPU suite. Verdicts that agree: {sum(agree.values())} of {len(agree)}"
         + (f"; they differ for {', '.join(differ)}." if differ else ".")
@@ -152,7 +152,7 @@ def run(rows: list[str] = ROWS, mode: str = "whole", for_readme: bool = True) ->
 
 
 def _longest_first() -> list[str]:
-    """The rows dealt to workers in turn, mixed-batch rows (the longest) first."""
+    """The rows in the order they start, mixed-batch rows (the longest) first."""
     return sorted(ROWS, key=lambda n: (not n.startswith("weighting/"), n.startswith("single/")))
 
 
@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             train_row(name, "whole", settings)
         return
     extra = ["--allow-dirty"] if args.allow_dirty else []
-    order = _longest_first()
-    parts = [order[i :: args.workers] for i in range(args.workers)]
-    train_in_workers("benchmarks.suite_check", parts, extra)
+    train_in_workers("benchmarks.suite_check", _longest_first(), args.workers, extra)
     print(run(for_readme=clean))
 
 

@@ -173,6 +173,22 @@ def _budgets(settings: Mapping[str, Any]) -> str:
     return f"{settings['steps']}" + (f" ({other})" if other else "")
 
 
+def encoder_text(settings: Mapping[str, Any]) -> str:
+    """The suite's encoder in words: MiniLM-L6, the layers kept, what stays frozen and how
+    mixed batches run it, e.g. ``MiniLM-L6 (layers [0, 1, 2]; embeddings and the lowest layer
+    frozen; one encoder pass per task in mixed batches)``."""
+    layers, lowest = settings.get("keep_layers"), settings.get("frozen_layers", 0)
+    frozen = ["embeddings"] if settings.get("freeze_embeddings") else []
+    if lowest:
+        frozen.append("the lowest layer" if lowest == 1 else f"the lowest {lowest} layers")
+    parts = [f"layers {layers}"] if layers else []
+    if frozen:
+        parts.append(" and ".join(frozen) + " frozen")
+    if settings.get("stack_tasks") is False:
+        parts.append("one encoder pass per task in mixed batches")
+    return "MiniLM-L6" + (f" ({'; '.join(parts)})" if parts else "")
+
+
 def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> str:
     head = " | ".join(f"{t} {m}" for t, m in PRIMARY.items())
     lines = [
@@ -200,9 +216,8 @@ def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> st
     floors = sorted(
         {t for e in summary.values() for t in e.get("vs_single", {}).get("below_floor", [])}
     )
-    layers = settings.get("keep_layers")
     lines.append(
-        f"\nMiniLM-L6{f' (layers {layers})' if layers else ''}; TEST split (at most "
+        f"\n{encoder_text(settings)}; TEST split (at most "
         f"{settings['max_eval']} examples per task) scored with the checkpoint of the best "
         f"validation `val/mean`; validation every {settings['eval_every']} steps per task "
         f"(multi-task rows about every {settings['eval_every'] * len(PRIMARY)} steps), early "

@@ -250,20 +250,15 @@ def row_steps(row: dict[str, Any], settings: dict[str, Any]) -> int:
 MIXED_STEP_COST = 1.3
 
 
-def deal(costs: dict[str, float], workers: int) -> list[list[str]]:
-    """Rows for ``workers`` processes: the costliest first, each to the least loaded worker
-    (longest-processing-time first), so the workers finish close together."""
-    parts: list[list[str]] = [[] for _ in range(workers)]
-    loads = [0.0] * workers
-    for name in sorted(costs, key=lambda n: -costs[n]):
-        i = loads.index(min(loads))
-        parts[i].append(name)
-        loads[i] += costs[name]
-    return parts
+def longest_first(costs: dict[str, float]) -> list[str]:
+    """The rows, costliest first (ties in the given order): started in this order as processes
+    free up (:func:`benchmarks.common.train_in_workers`), the last rows to start are the
+    shortest and the processes finish close together (longest processing time first)."""
+    return sorted(costs, key=lambda n: -costs[n])
 
 
 def row_cost(row: dict[str, Any], settings: dict[str, Any]) -> float:
-    """A row's training cost in homogeneous steps (for :func:`deal`)."""
+    """A row's training cost in homogeneous steps (for :func:`longest_first`)."""
     return row_steps(row, settings) * (MIXED_STEP_COST if row.get("mixed") else 1.0)
 
 

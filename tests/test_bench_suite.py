@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import findings, run, suite_report, suite_rows, transfer
+from benchmarks import common, findings, run, suite_report, suite_rows, transfer
 
 
 def _runs(values: dict[str, list[float]], move: float = 0.5) -> list[dict]:
@@ -153,18 +153,41 @@ def test_patience_counts_the_same_training_per_task_in_every_row(tmp_path):
     )
 
 
-def test_rows_are_dealt_longest_first_to_the_least_loaded_worker():
-    # By hand: 10 -> w0, 8 -> w1, 6 -> w1 (8 < 10), 5 -> w0 (10 < 14): loads 15 and 14.
-    assert suite_rows.deal({"c": 6, "a": 10, "d": 5, "b": 8}, 2) == [["a", "d"], ["b", "c"]]
+def test_rows_start_longest_first_one_process_each(monkeypatch):
     settings = run._settings("default", None, None)
     costs = {n: suite_rows.row_cost(r, settings) for n, r in run.suite_rows("default").items()}
     assert costs["budget/equal"] == 2 * costs["weighting/equal"] == 2 * 1.3 * 400
     assert costs["single/bbc_topic"] == 100 and costs["sampling/t2"] == 400
-    parts = suite_rows.deal(costs, 2)
-    assert sorted(sum(parts, [])) == sorted(costs)
-    loads = [sum(costs[n] for n in p) for p in parts]
-    # Every row dealt once; the loads differ by less than the smallest row.
-    assert abs(loads[0] - loads[1]) <= min(costs.values())
+    order = suite_rows.longest_first(costs)
+    assert order[0] == "budget/equal" and sorted(order) == sorted(costs)
+    assert [costs[n] for n in order] == sorted(costs.values(), reverse=True)
+    assert suite_rows.longest_first({"c": 6, "a": 10, "d": 6, "b": 8}) == ["a", "b", "c", "d"]
+    # By hand, 2 processes: a (3 polls) and b (1) start; b ends, c starts; c ends, d starts.
+    polls = {"a": 3, "b": 1, "c": 1, "d": 2}
+    started, most = [], [0]
+    running: set[str] = set()
+
+    class Process:
+        def __init__(self, command, env, cwd):
+            self.row = command[3].removeprefix("--rows=")
+            self.returncode = None
+            assert command[1:3] == ["-m", "benchmarks.run"] and env["OMP_NUM_THREADS"] == "1"
+            started.append(self.row)
+            running.add(self.row)
+            most[0] = max(most[0], len(running))
+
+        def poll(self):
+            polls[self.row] -= 1
+            if polls[self.row] == 0:
+                running.discard(self.row)
+                self.returncode = 1 if self.row == "c" else 0
+            return self.returncode
+
+    monkeypatch.setattr(common.subprocess, "Popen", Process)
+    monkeypatch.setattr(common, "POLL_SECONDS", 0)
+    with pytest.raises(SystemExit, match=r"rows \['c'\] failed"):
+        common.train_in_workers("benchmarks.run", ["a", "b", "c", "d"], 2, ["--no-summary"])
+    assert started == ["a", "b", "c", "d"] and most[0] == 2 and not running
 
 
 def test_validation_interval_divides_the_budget():
@@ -517,3 +540,16 @@ def test_budget_check_rows_train_only_when_asked_or_cached(tmp_path, monkeypatch
     (tmp_path / "k" / "budget__equal.json").write_text("{}")
     again = run.default_rows("default", settings, budget_check=False)
     assert again == [n for n in every if n not in checks[:3]]
+
+
+def test_the_table_caption_names_the_encoder_settings():
+    assert suite_report.encoder_text(run.MODES["default"]) == (
+        "MiniLM-L6 (layers [0, 1, 2]; embeddings and the lowest layer frozen; one encoder pass "
+        "per task in mixed batches)"
+    )
+    assert suite_report.encoder_text(run.MODES["full"]) == "MiniLM-L6"
+    assert suite_report.encoder_text({"freeze_embeddings": True, "frozen_layers": 2}) == (
+        "MiniLM-L6 (embeddings and the lowest 2 layers frozen)"
+    )
+    text = suite_report.markdown({}, run._settings("default", None, None))
+    assert "MiniLM-L6 (layers [0, 1, 2]; embeddings and the lowest layer frozen;" in text
