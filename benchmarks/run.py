@@ -33,7 +33,7 @@ the embeddings and the lowest layer frozen, mixed batches encoded one task at a 
 task's own width (``stack_tasks=False``), short sequences, peak learning rates 3e-4 / 3e-3
 (heads), at most 100 steps per task and 200 for TREC (400 in a multi-task row), validation every
 25 steps per task; the MGDA-UB row is skipped (on the shared representation it is MGDA). One step
-costs ~0.08 s (TREC alone), ~0.17 s (BBC alone), ~0.15 s (sentiment alone) and ~0.16 s (mixed
+costs ~0.09 s (TREC alone), ~0.19 s (BBC alone), ~0.15 s (sentiment alone) and ~0.16 s (mixed
 batches) of one core (process CPU time, which :class:`benchmarks.recorder.RunRecorder` records
 for every run); a validation or test pass over 3 x 200 examples ~2 s. Earlier defaults: at
 8a558b6 (multi-task rows validated every 25 steps, no budget rows) 5 seeds took 81 min on two
@@ -42,11 +42,13 @@ cores (``--workers 2``; 9,093 s of training); at 5ef84c8 (every 75 steps, with t
 multi-task rows 400, no MGDA-UB row, layer 0 trained, tasks stacked in one encoder pass) 88 min
 (10,376 s of training and testing, ~650 s of it the budget rows); at ce6537b (two layers,
 sentiment cut to 32 tokens, with ``budget/equal``, rows dealt to the workers by cost) 68 min,
-short of the plateaus (``results/experiments/suite_2layers_ce6537b.md``). The table's
-``2nd-half gain`` column and the budget check show whether rows reach their plateau. ``--full``
-keeps the whole model, the configs' lengths and learning rates and 1,000 steps per task (for a
-GPU); ``python -m benchmarks.suite_check`` retrains a subset on the whole model with this mode's
-other settings.
+short of the plateaus (``results/experiments/suite_2layers_ce6537b.md``); at 5027f80 (this
+default, two long-lived worker processes, without the budget check) 71 min (8,262 s), the
+budget check 19 min more, and sentiment and equal weighting still gained from twice the steps.
+The table's ``2nd-half gain`` column and the budget check show whether rows reach their plateau.
+``--full`` keeps the whole model, the configs' lengths and learning rates and 1,000 steps per
+task (for a GPU); ``python -m benchmarks.suite_check`` retrains a subset on the whole model with
+this mode's other settings.
 """
 
 from __future__ import annotations
