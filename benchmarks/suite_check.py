@@ -19,11 +19,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks import findings, suite_report
+from benchmarks import findings, suite_report, suite_rows
 from benchmarks.common import RESULTS, require_clean, train_in_workers, write_result
 from benchmarks.run import _settings, train_row
 from benchmarks.suite_report import _interval
-from benchmarks.suite_rows import MODES
+from benchmarks.suite_rows import MODES, longest_first, row_cost
 from benchmarks.update_readme import library_changes
 
 #: Single-task baselines, proportional against T = 5 mixing (the first finding), equal
@@ -151,11 +151,6 @@ def run(rows: list[str] = ROWS, mode: str = "whole", for_readme: bool = True) ->
     return write_result("suite_check", payload, markdown(result, len(seeds)), for_readme)
 
 
-def _longest_first() -> list[str]:
-    """The rows in the order they start, mixed-batch rows (the longest) first."""
-    return sorted(ROWS, key=lambda n: (not n.startswith("weighting/"), n.startswith("single/")))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=2, help="processes (1 thread each)")
@@ -169,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
             train_row(name, "whole", settings)
         return
     extra = ["--allow-dirty"] if args.allow_dirty else []
-    train_in_workers("benchmarks.suite_check", _longest_first(), args.workers, extra)
+    settings, table = _settings("whole", None, None), suite_rows.rows()
+    order = longest_first({n: row_cost(table[n], settings) for n in ROWS})
+    train_in_workers("benchmarks.suite_check", order, args.workers, extra)
     print(run(for_readme=clean))
 
 
