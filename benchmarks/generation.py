@@ -1,7 +1,7 @@
 """Generation: headlines and replies, single-task vs multi-task, against simple baselines, and
 decoding speed against transformers' ``generate``.
 
-    python -m benchmarks.generation                # default CPU budget (3 seeds)
+    python -m benchmarks.generation                # default CPU budget (3 seeds, 2 processes)
     python -m benchmarks.generation --smoke        # a few steps, tiny evaluation (tests)
 
 Rows (each trained from ``configs/headlines.yaml`` or ``configs/dialogue.yaml`` with the tasks it
@@ -19,11 +19,17 @@ Reported: ROUGE-1/2/L F and BLEU, mean ± std over seeds, and multi - single per
 t interval (:mod:`benchmarks.stats`); decoding speed (generated tokens per second, greedy and
 beam 4) of mtlkit's generation as a ratio to transformers' ``generate`` on the same model and
 batch, paired rounds. Writes ``results/generation.{json,md}``.
+
+The row-seed jobs train in ``--workers`` new processes (default 2, one torch thread each,
+:func:`benchmarks.common.train_in_workers`); the decoding speed is measured afterwards in the
+calling process with nothing else running, on the last seed's ``headlines/multi`` model rebuilt
+from the weights its job saved.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -34,7 +40,7 @@ from typing import Any
 import torch
 import yaml
 
-from benchmarks.common import CONFIGS, require_clean, write_result
+from benchmarks.common import CONFIGS, require_clean, train_in_workers, write_result
 from benchmarks.stats import paired
 from mtlkit.callbacks import metric_rows
 from mtlkit.cli import cli_main
@@ -202,20 +208,87 @@ def markdown(summary: dict[str, Any], base: dict[str, dict[str, float]], speed: 
     return "\n".join(lines) + "\n"
 
 
-def run(mode: str = "default") -> Path:
+def train_job(job: str, mode: str, out: Path) -> None:
+    """Trains one ``<row>@<seed>`` job and writes its run to ``out/<job>.json``. The last seed's
+    multi-task rows also write the baselines on their test examples, and the last seed's
+    headline model writes its weights for :func:`decoding_speed` (measured afterwards, alone)."""
+    name, seed = job.rsplit("@", 1)
     settings = MODES[mode]
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ROWS}
-    last: dict[str, Any] = {}
-    for seed in range(settings["seeds"]):
-        for name in ROWS:
-            result, cli = run_row(name, seed, settings)
-            runs[name].append(result)
-            last[name.split("/")[0]] = cli
-    speed = decoding_speed(last["headlines"])
-    base = baselines(last)
+    result, cli = run_row(name, int(seed), settings)
+    payload: dict[str, Any] = {"run": result}
+    kind = name.split("/")[0]
+    if (name, int(seed)) in _last_jobs(settings):
+        payload["baselines"] = baselines({kind: cli})
+        if kind == "headlines":
+            torch.save(cli.model.state_dict(), out / "headlines.pt")
+    (out / f"{_file_name(job)}.json").write_text(json.dumps(payload, sort_keys=True))
+
+
+def _last_jobs(settings: dict[str, Any]) -> set[tuple[str, int]]:
+    last = settings["seeds"] - 1
+    return {(f"{kind}/multi", last) for kind in GENERATOR}
+
+
+def _file_name(job: str) -> str:
+    return job.replace("/", "_").replace("@", "_seed")
+
+
+def jobs(settings: dict[str, Any]) -> list[str]:
+    """``<row>@<seed>`` for every row and seed, costliest first (headlines train on longer
+    inputs and targets than replies; a multi-task row trains twice the steps)."""
+    order = ["headlines/multi", "replies/multi", "headlines/single", "replies/single"]
+    return [f"{name}@{seed}" for name in order for seed in range(settings["seeds"])]
+
+
+def _trained_cli(name: str, seed: int, settings: dict[str, Any], weights: Path) -> Any:
+    """The CLI objects of row ``name`` and ``seed`` as :func:`run_row` builds them (no training
+    step: ``max_steps=0``), with the weights that job trained."""
+    row = ROWS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["fit", "--config", str(CONFIGS / row["config"])]
+        args += ["--config", _tasks_override(row, settings["limit"], Path(tmp))]
+        args += [*quiet_cli_args(), "--trainer.callbacks=[]", f"--seed_everything={seed}"]
+        args += ["--trainer.max_steps=0", "--trainer.num_sanity_val_steps=0"]
+        max_eval = settings["max_eval"]
+        args += [f"--data.init_args.max_eval_examples={'null' if max_eval is None else max_eval}"]
+        args += [f"--data.init_args.seed={seed}", f"--trainer.default_root_dir={tmp}"]
+        cli = cli_main(args)
+    cli.model.load_state_dict(torch.load(weights, weights_only=True))
+    cli.datamodule.setup("test")
+    return cli
+
+
+def run(mode: str = "default", workers: int = 1) -> Path:
+    """Every job of :func:`jobs` (in this process, or in ``workers`` new processes with one torch
+    thread each), then the decoding speed on the last seed's headline model in this process,
+    with nothing else running."""
+    settings = MODES[mode]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        todo = jobs(settings)
+        if workers > 1:
+            train_in_workers(
+                "benchmarks.generation", todo, workers, [f"--mode={mode}", f"--out={out}"]
+            )
+        else:
+            for job in todo:
+                train_job(job, mode, out)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ROWS}
+        base: dict[str, dict[str, float]] = {}
+        for job in todo:
+            payload = json.loads((out / f"{_file_name(job)}.json").read_text())
+            runs[job.rsplit("@", 1)[0]].append(payload["run"])
+            base |= payload.get("baselines", {})
+        last = settings["seeds"] - 1
+        speed = decoding_speed(
+            _trained_cli("headlines/multi", last, settings, out / "headlines.pt")
+        )
+    for row_runs in runs.values():
+        row_runs.sort(key=lambda r: r["seed"])
+    base = dict(sorted(base.items()))
     summary = summarise(runs)
     payload = {"mode": mode, "settings": settings, "runs": runs, "summary": summary}
-    payload |= {"baselines": base, "decoding": speed}
+    payload |= {"baselines": base, "decoding": speed, "workers": workers}
     text = markdown(summary, base, speed)
     return write_result("generation", payload, text, for_readme=mode != "smoke")
 
@@ -224,10 +297,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--allow-dirty", action="store_true", help="results not for the README")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="processes sharing the runs (1 torch thread each)"
+    )
+    # one job of a parent's run(): --rows=<row>@<seed> --mode=... --out=<folder>
+    parser.add_argument("--rows", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rows:
+        train_job(args.rows, args.mode, Path(args.out))
+        return
     if not args.smoke:
         require_clean(args.allow_dirty, "benchmarks.generation")
-    print(run("smoke" if args.smoke else "default"))
+    print(run("smoke" if args.smoke else "default", workers=args.workers))
 
 
 if __name__ == "__main__":

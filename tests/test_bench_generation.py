@@ -39,3 +39,30 @@ def test_summary_pairs_multi_and_single_by_seed():
     diff = summary["headlines/multi - single"]["rougeL"]
     # the same +0.1 every seed: a zero-width interval above 0
     assert diff["mean"] == pytest.approx(0.1) and diff["verdict"] == "better"
+
+
+def test_jobs_run_in_worker_processes_through_the_command_line(results_dir, monkeypatch):
+    """``run(workers=2)`` hands every row-seed job to ``train_in_workers``; each job, run here
+    through ``main()``'s command line as a worker process would run it, writes its file, and the
+    parent assembles the same payload as the in-process path, decoding speed included."""
+    calls = []
+
+    def fake_workers(module, rows, workers, extra):
+        calls.append((module, list(rows), workers))
+        for row in rows:
+            monkeypatch.setattr("sys.argv", ["generation", f"--rows={row}", *extra])
+            generation.main()
+
+    monkeypatch.setattr(generation, "train_in_workers", fake_workers)
+    payload = json.loads(generation.run("smoke", workers=2).read_text())
+    assert calls == [("benchmarks.generation", generation.jobs(generation.MODES["smoke"]), 2)]
+    assert {r["seed"] for runs in payload["runs"].values() for r in runs} == {0}
+    assert payload["runs"]["replies/multi"][0]["steps"] == 4
+    assert set(payload["baselines"]) == {"headlines/lead", "replies/frequent"}
+    assert all(d["same_tokens"] for d in payload["decoding"].values())
+
+
+def test_jobs_list_every_row_and_seed_once():
+    jobs = generation.jobs({"seeds": 3})
+    assert len(jobs) == len(set(jobs)) == 3 * len(generation.ROWS)
+    assert {j.rsplit("@", 1)[0] for j in jobs} == set(generation.ROWS)
