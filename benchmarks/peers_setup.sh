@@ -10,6 +10,8 @@ main_site="$("$root/.venv/bin/python" -c 'import site; print(site.getsitepackage
 test -x "$venv/bin/python" || "$root/.venv/bin/python" -m venv --without-pip "$venv"
 site_dir="$("$venv/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
 echo "$main_site" > "$site_dir/mtlkit-main-venv.pth"
+# seqeval builds from an sdist: pin the setuptools_scm its setup_requires fetches
+export PIP_CONSTRAINT="$root/benchmarks/peers-build-constraints.txt"
 "$root/.venv/bin/python" -m pip --python "$venv/bin/python" install --no-deps \
     -r "$root/benchmarks/peers-requirements.txt" 2>/dev/null \
   || "$root/.venv/bin/python" -m pip install --no-deps --target "$site_dir" \
