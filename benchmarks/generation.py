@@ -75,18 +75,30 @@ def _tasks_override(row: dict[str, Any], limit: int, tmp: Path) -> str:
     return str(path)
 
 
+def _row_args(name: str, seed: int, settings: dict[str, Any], tmp: Path) -> list[str]:
+    """``mtlkit fit`` arguments of row ``name`` and ``seed``, without its step budget."""
+    row = ROWS[name]
+    max_eval = settings["max_eval"]
+    return [
+        "fit",
+        *("--config", str(CONFIGS / row["config"])),
+        *("--config", _tasks_override(row, settings["limit"], tmp)),
+        *quiet_cli_args(),
+        "--trainer.callbacks=[]",
+        f"--seed_everything={seed}",
+        f"--data.init_args.max_eval_examples={'null' if max_eval is None else max_eval}",
+        f"--data.init_args.seed={seed}",
+        f"--trainer.default_root_dir={tmp}",
+    ]
+
+
 def run_row(name: str, seed: int, settings: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """Trains one row with one seed; its test metrics and the trained CLI objects."""
     row = ROWS[name]
     steps = settings["steps"] * len(row["tasks"])  # every task gets the single-task budget
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["fit", "--config", str(CONFIGS / row["config"])]
-        args += ["--config", _tasks_override(row, settings["limit"], Path(tmp))]
-        args += [*quiet_cli_args(), "--trainer.callbacks=[]", f"--seed_everything={seed}"]
+        args = _row_args(name, seed, settings, Path(tmp))
         args += [f"--trainer.max_steps={steps}", f"--data.init_args.steps_per_epoch={steps}"]
-        max_eval = settings["max_eval"]
-        args += [f"--data.init_args.max_eval_examples={'null' if max_eval is None else max_eval}"]
-        args += [f"--data.init_args.seed={seed}", f"--trainer.default_root_dir={tmp}"]
         start = time.perf_counter()
         cli = cli_main(args)
         metrics: dict[str, float] = {}
@@ -243,16 +255,9 @@ def jobs(settings: dict[str, Any]) -> list[str]:
 def _trained_cli(name: str, seed: int, settings: dict[str, Any], weights: Path) -> Any:
     """The CLI objects of row ``name`` and ``seed`` as :func:`run_row` builds them (no training
     step: ``max_steps=0``), with the weights that job trained."""
-    row = ROWS[name]
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["fit", "--config", str(CONFIGS / row["config"])]
-        args += ["--config", _tasks_override(row, settings["limit"], Path(tmp))]
-        args += [*quiet_cli_args(), "--trainer.callbacks=[]", f"--seed_everything={seed}"]
-        args += ["--trainer.max_steps=0", "--trainer.num_sanity_val_steps=0"]
-        max_eval = settings["max_eval"]
-        args += [f"--data.init_args.max_eval_examples={'null' if max_eval is None else max_eval}"]
-        args += [f"--data.init_args.seed={seed}", f"--trainer.default_root_dir={tmp}"]
-        cli = cli_main(args)
+        args = _row_args(name, seed, settings, Path(tmp))
+        cli = cli_main([*args, "--trainer.max_steps=0", "--trainer.num_sanity_val_steps=0"])
     cli.model.load_state_dict(torch.load(weights, weights_only=True))
     cli.datamodule.setup("test")
     return cli
